@@ -1,0 +1,29 @@
+// Small CUDA helpers shared by the kernels: grid-stride loops with 64-bit indices, launch
+// sizes, and whether the current stream is capturing a CUDA graph.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+
+// Grid-stride loop; 64-bit so tensors past 2^31 elements are indexed correctly.
+#define CVOPS_CUDA_KERNEL_LOOP(i, n)                                            \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; \
+       i < (n); i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+namespace cvops {
+
+constexpr int kCudaThreads = 256;
+
+inline unsigned int cuda_blocks(int64_t n, int threads = kCudaThreads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 1 << 30));
+}
+
+// Host syncs (e.g. for input validation) are illegal while a graph is being captured.
+inline bool cuda_stream_is_capturing() {
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+}
+
+}  // namespace cvops

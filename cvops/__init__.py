@@ -1,0 +1,9 @@
+"""cvops: fast, correct computer-vision ops for PyTorch, drop-in for torchvision.ops."""
+
+__version__ = "0.1.0"
+
+from . import extension, ops  # noqa: E402
+from .extension import ExtensionNotAvailable, has_cuda, has_ops  # noqa: E402
+from .ops import roi_align  # noqa: E402
+
+__all__ = ["ExtensionNotAvailable", "has_cuda", "has_ops", "ops", "roi_align"]

@@ -1,0 +1,49 @@
+"""Argument helpers shared by the RoI ops."""
+
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+BoxesArg = Union[Tensor, Sequence[Tensor]]
+
+
+def pair(value, name: str) -> Tuple[int, int]:
+    """An int or a pair of ints as (h, w); rejects anything else by name."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError("%s must be an int or a pair of ints, got %r" % (name, value))
+        h, w = value
+    else:
+        h = w = value
+    for v in (h, w):
+        if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
+            raise TypeError("%s must be an int or a pair of ints, got %r" % (name, value))
+    return h, w
+
+
+def boxes_to_rois(boxes: BoxesArg) -> Tensor:
+    """torchvision's two box formats -> one [K, 5] tensor of (batch_index, x1, y1, x2, y2).
+
+    ``boxes`` is either that tensor already, or a list with one [L_i, 4] tensor per image.
+    """
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.size(1) != 5:
+            raise ValueError(
+                "boxes must be a Tensor[K, 5] of (batch_index, x1, y1, x2, y2) or a list of "
+                "Tensor[L, 4], got a tensor of shape %s" % (tuple(boxes.shape),)
+            )
+        return boxes
+    if not isinstance(boxes, (list, tuple)):
+        raise TypeError("boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got %s"
+                        % type(boxes).__name__)
+    if len(boxes) == 0:
+        raise ValueError("boxes is an empty list: pass one Tensor[L, 4] per image")
+    parts: List[Tensor] = []
+    for i, b in enumerate(boxes):
+        if not isinstance(b, Tensor) or b.dim() != 2 or b.size(1) != 4:
+            shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError("boxes[%d] must be a Tensor[L, 4] of (x1, y1, x2, y2), got %s"
+                             % (i, shape))
+        parts.append(torch.cat([torch.full_like(b[:, :1], i), b], dim=1))
+    return torch.cat(parts, dim=0)
