@@ -96,10 +96,16 @@ def make_extension():
     else:
         ext_cls = cpp_extension.CppExtension
     _write_build_config(with_cuda, arch_list)
-    print("cvops build: torch %s, CUDA kernels %s (%s)%s, %d sources"
-          % (torch.__version__, "ON" if with_cuda else "OFF", reason,
-             ", CUDA_HOME=%s, archs=%s" % (cpp_extension.CUDA_HOME, arch_list) if with_cuda else "",
-             len(sources)))
+    print(
+        "cvops build: torch %s, CUDA kernels %s (%s)%s, %d sources"
+        % (
+            torch.__version__,
+            "ON" if with_cuda else "OFF",
+            reason,
+            ", CUDA_HOME=%s, archs=%s" % (cpp_extension.CUDA_HOME, arch_list) if with_cuda else "",
+            len(sources),
+        )
+    )
     return ext_cls(
         name="cvops._C",
         sources=sources,

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import extension, ops  # noqa: E402
+from . import extension, ops  # noqa: E402, F401
 from .extension import ExtensionNotAvailable, has_cuda, has_ops  # noqa: E402
 from .ops import roi_align  # noqa: E402
 

@@ -12,7 +12,9 @@ import os
 import torch
 
 _LIB_DIR = os.path.dirname(os.path.abspath(__file__))
-_REBUILD = "rebuild it with `pip install --no-build-isolation -v .` (or `-e .`) from the cvops checkout"
+_REBUILD = (
+    "rebuild it with `pip install --no-build-isolation -v .` (or `-e .`) from the cvops checkout"
+)
 
 
 class ExtensionNotAvailable(RuntimeError):
@@ -46,8 +48,10 @@ def _load():
     except (OSError, RuntimeError) as exc:
         cfg = _build_config()
         built_for = getattr(cfg, "TORCH_VERSION", "an unknown torch")
-        return False, "cvops._C (%s) failed to load: %s. It was built for torch %s; this is torch %s" % (
-            path, exc, built_for, torch.__version__
+        return (
+            False,
+            "cvops._C (%s) failed to load: %s. It was built for torch %s; this is torch %s"
+            % (path, exc, built_for, torch.__version__),
         )
     return True, None
 

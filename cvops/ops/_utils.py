@@ -35,15 +35,17 @@ def boxes_to_rois(boxes: BoxesArg) -> Tensor:
             )
         return boxes
     if not isinstance(boxes, (list, tuple)):
-        raise TypeError("boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got %s"
-                        % type(boxes).__name__)
+        raise TypeError(
+            "boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got %s" % type(boxes).__name__
+        )
     if len(boxes) == 0:
         raise ValueError("boxes is an empty list: pass one Tensor[L, 4] per image")
     parts: List[Tensor] = []
     for i, b in enumerate(boxes):
         if not isinstance(b, Tensor) or b.dim() != 2 or b.size(1) != 4:
             shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
-            raise ValueError("boxes[%d] must be a Tensor[L, 4] of (x1, y1, x2, y2), got %s"
-                             % (i, shape))
+            raise ValueError(
+                "boxes[%d] must be a Tensor[L, 4] of (x1, y1, x2, y2), got %s" % (i, shape)
+            )
         parts.append(torch.cat([torch.full_like(b[:, :1], i), b], dim=1))
     return torch.cat(parts, dim=0)

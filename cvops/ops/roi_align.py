@@ -70,23 +70,45 @@ class RoIAlign(nn.Module):
 
     def extra_repr(self) -> str:
         return "output_size=%s, spatial_scale=%s, sampling_ratio=%s, aligned=%s" % (
-            self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+        )
 
 
 def _register():
     @torch.library.register_fake("cvops::roi_align")
-    def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width,
-                        sampling_ratio, aligned):
+    def _roi_align_fake(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+    ):
         torch._check(input.dim() == 4, lambda: "roi_align: input must be [N, C, H, W]")
-        torch._check(rois.dim() == 2 and rois.size(1) == 5,
-                     lambda: "roi_align: boxes must be [K, 5]")
-        torch._check(input.dtype == rois.dtype,
-                     lambda: "roi_align: input and boxes must have the same dtype")
+        torch._check(
+            rois.dim() == 2 and rois.size(1) == 5, lambda: "roi_align: boxes must be [K, 5]"
+        )
+        torch._check(
+            input.dtype == rois.dtype, lambda: "roi_align: input and boxes must have the same dtype"
+        )
+        torch._check(
+            input.device == rois.device,
+            lambda: "roi_align: input and boxes must be on the same device",
+        )
         return input.new_empty((rois.size(0), input.size(1), pooled_height, pooled_width))
 
     @torch.library.register_fake("cvops::_roi_align_backward")
-    def _roi_align_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_width,
-                                 batch_size, channels, height, width, sampling_ratio, aligned):
+    def _roi_align_backward_fake(
+        grad,
+        rois,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        batch_size,
+        channels,
+        height,
+        width,
+        sampling_ratio,
+        aligned,
+    ):
         return grad.new_empty((batch_size, channels, height, width))
 
     def setup_context(ctx, inputs, output):
@@ -100,7 +122,8 @@ def _register():
         spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = ctx.args
         n, c, h, w = ctx.input_shape
         grad_input = torch.ops.cvops._roi_align_backward(
-            grad, rois, spatial_scale, pooled_h, pooled_w, n, c, h, w, sampling_ratio, aligned)
+            grad, rois, spatial_scale, pooled_h, pooled_w, n, c, h, w, sampling_ratio, aligned
+        )
         return grad_input, None, None, None, None, None, None
 
     torch.library.register_autograd("cvops::roi_align", backward, setup_context=setup_context)
@@ -116,11 +139,13 @@ def _register():
         (rois,) = ctx.saved_tensors
         spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = ctx.args
         grad_grad = torch.ops.cvops.roi_align(
-            grad_grad_input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+            grad_grad_input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+        )
         return (grad_grad,) + (None,) * 10
 
-    torch.library.register_autograd("cvops::_roi_align_backward", backward_bw,
-                                    setup_context=setup_context_bw)
+    torch.library.register_autograd(
+        "cvops::_roi_align_backward", backward_bw, setup_context=setup_context_bw
+    )
 
 
 if extension.has_ops():

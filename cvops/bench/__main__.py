@@ -1,0 +1,146 @@
+"""``python -m cvops.bench``: time every registered case, cvops vs reference, same process.
+
+Prints a table, shows a progress bar, and writes ``results-<device>.json`` and
+``speedups-<device>.png`` under ``--out``.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+
+from .. import extension
+from . import cases  # noqa: F401  (registers the cases)
+from .harness import registered_cases, run_case
+
+
+def _machine(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return "%s, %d threads" % (cpu, torch.get_num_threads())
+
+
+def _table(results):
+    head = "%-10s %-48s %-6s %-8s %10s %11s %8s  %s" % (
+        "op",
+        "case",
+        "device",
+        "dtype",
+        "cvops ms",
+        "ref ms",
+        "speedup",
+        "reference",
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            "%-10s %-48s %-6s %-8s %10.2f %11.2f %7.2fx  %s"
+            % (r.op, r.case, r.device, r.dtype, r.cvops_ms, r.reference_ms, r.speedup, r.reference)
+        )
+    return "\n".join(lines)
+
+
+def _plot(results, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = ["%s: %s" % (r.op, r.case) for r in results]
+    speed = [r.speedup for r in results]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(results) + 1.2))
+    ax.barh(range(len(results)), speed, color=["tab:green" if s >= 1 else "tab:red" for s in speed])
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(results)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup over reference (x)")
+    ax.set_title(title, fontsize=9)
+    for i, s in enumerate(speed):
+        ax.text(s, i, " %.2fx" % s, va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cvops.bench", description=__doc__)
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: CUDA when a GPU is visible, else CPU",
+    )
+    parser.add_argument("--ops", nargs="*", help="only these ops (e.g. roi_align)")
+    parser.add_argument("-k", dest="keyword", help="only cases whose name contains this")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--out", default="bench_results", help="folder for JSON and plot")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+
+    extension.require_ops()
+    try:
+        import torchvision  # noqa: F401
+        from tqdm import tqdm
+    except ImportError as exc:
+        sys.exit(
+            "the benchmarks need torchvision and tqdm (pip install -r requirements-bench.txt): %s"
+            % exc
+        )
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not (torch.cuda.is_available() and extension.has_cuda()):
+        sys.exit("--device cuda needs a visible GPU and a cvops build with CUDA kernels")
+
+    todo = [
+        c
+        for c in registered_cases()
+        if device in c.devices
+        and (not args.ops or c.op in args.ops)
+        and (not args.keyword or args.keyword in c.case)
+    ]
+    results = []
+    for case in tqdm(todo, desc="cvops.bench (%s)" % device, unit="case", file=sys.stderr):
+        results.append(run_case(case, device, args.warmup, args.repeats))
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    machine = _machine(device)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = "cvops %s on %s (torch %s), %s" % (device, machine, torch.__version__, stamp)
+    print(title)
+    print(_table(results))
+    os.makedirs(args.out, exist_ok=True)
+    meta = {
+        "date": stamp,
+        "device": device,
+        "machine": machine,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+    json_path = os.path.join(args.out, "results-%s.json" % device)
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, "results": [r.as_dict() for r in results]}, f, indent=1)
+    print("saved %s" % json_path)
+    if results and not args.no_plot:
+        png = os.path.join(args.out, "speedups-%s.png" % device)
+        _plot(results, png, title)
+        print("saved %s" % png)
+    return results
+
+
+if __name__ == "__main__":
+    main()

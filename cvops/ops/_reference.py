@@ -1,0 +1,75 @@
+"""Slow, obviously-correct pure-PyTorch references for the cvops kernels (used by tests).
+
+They follow the published semantics step by step (torchvision's RoI Align here), with
+Python loops over RoIs and bins and vectorised torch math inside, in the input's dtype.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _axis_taps(coord: Tensor, size: int):
+    """Neighbouring indices and weights along one axis, as torchvision's bilinear_interpolate."""
+    inside = (coord >= -1) & (coord <= size)
+    coord = coord.clamp(min=0)
+    lo = coord.floor().long()
+    at_edge = lo >= size - 1
+    lo = torch.where(at_edge, torch.full_like(lo, size - 1), lo)
+    hi = torch.where(at_edge, lo, lo + 1)
+    coord = torch.where(at_edge, lo.to(coord.dtype), coord)
+    frac = coord - lo.to(coord.dtype)
+    return lo, hi, 1 - frac, frac, inside
+
+
+def bilinear_sample(plane: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """Sample ``plane [C, H, W]`` at points (y[i], x[i]) -> [C, len(y)]; 0 outside the map."""
+    H, W = plane.shape[-2:]
+    y0, y1, hy, ly, in_y = _axis_taps(y, H)
+    x0, x1, hx, lx, in_x = _axis_taps(x, W)
+    v = (
+        hy * hx * plane[:, y0, x0]
+        + hy * lx * plane[:, y0, x1]
+        + ly * hx * plane[:, y1, x0]
+        + ly * lx * plane[:, y1, x1]
+    )
+    return torch.where(in_y & in_x, v, torch.zeros_like(v))
+
+
+def roi_align_reference(
+    input: Tensor,
+    rois: Tensor,
+    output_size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    ph_n, pw_n = (output_size, output_size) if isinstance(output_size, int) else output_size
+    K, C = rois.shape[0], input.shape[1]
+    out = input.new_zeros((K, C, ph_n, pw_n))
+    offset = 0.5 if aligned else 0.0
+    for k in range(K):
+        b, x1, y1, x2, y2 = rois[k].tolist()
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            out[k] = float("nan")
+            continue
+        start_w, start_h = x1 * spatial_scale - offset, y1 * spatial_scale - offset
+        roi_w, roi_h = x2 * spatial_scale - offset - start_w, y2 * spatial_scale - offset - start_h
+        if not aligned:
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        bin_h, bin_w = roi_h / ph_n, roi_w / pw_n
+        gh = sampling_ratio if sampling_ratio > 0 else max(math.ceil(roi_h / ph_n), 0)
+        gw = sampling_ratio if sampling_ratio > 0 else max(math.ceil(roi_w / pw_n), 0)
+        count = max(gh * gw, 1)
+        if gh == 0 or gw == 0:
+            continue
+        plane = input[int(b)]
+        for ph in range(ph_n):
+            ys = start_h + ph * bin_h + (torch.arange(gh, dtype=input.dtype) + 0.5) * bin_h / gh
+            for pw in range(pw_n):
+                xs = start_w + pw * bin_w + (torch.arange(gw, dtype=input.dtype) + 0.5) * bin_w / gw
+                yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+                vals = bilinear_sample(plane, yy.reshape(-1), xx.reshape(-1))
+                out[k, :, ph, pw] = vals.sum(dim=1) / count
+    return out
