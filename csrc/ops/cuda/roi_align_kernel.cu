@@ -35,18 +35,34 @@ __device__ inline RoiGeometry<acc_t> geometry_of(const scalar_t* roi, acc_t spat
                              s.pooled_height, s.pooled_width, s.sampling_ratio);
 }
 
+// (k, c, ph, pw) of a flat index into [K, C, PH, PW]. index_t is int32 when the tensor is
+// small enough: 64-bit division costs several times more than the 32-bit kind.
+template <typename index_t>
+struct BinIndex {
+  index_t k, c, ph, pw;
+  __device__ BinIndex(index_t index, const Shape& s) {
+    const index_t PW = static_cast<index_t>(s.pooled_width);
+    const index_t PH = static_cast<index_t>(s.pooled_height);
+    const index_t C = static_cast<index_t>(s.channels);
+    pw = index % PW;
+    index /= PW;
+    ph = index % PH;
+    index /= PH;
+    c = index % C;
+    k = index / C;
+  }
+};
+
 // One thread per output element (k, c, ph, pw) of a contiguous [K, C, PH, PW] output.
-template <typename scalar_t>
-__global__ void roi_align_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
+template <typename scalar_t, typename index_t>
+__global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restrict__ input,
                                          const scalar_t* __restrict__ rois,
                                          at::opmath_type<scalar_t> spatial_scale, Shape s,
                                          scalar_t* __restrict__ output) {
   using acc_t = at::opmath_type<scalar_t>;
-  CVOPS_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t pw = index % s.pooled_width;
-    const int64_t ph = (index / s.pooled_width) % s.pooled_height;
-    const int64_t c = (index / s.pooled_width / s.pooled_height) % s.channels;
-    const int64_t k = index / s.pooled_width / s.pooled_height / s.channels;
+  CVOPS_CUDA_KERNEL_LOOP_T(index_t, index, total) {
+    const BinIndex<index_t> b(index, s);
+    const int64_t k = b.k, c = b.c, ph = b.ph, pw = b.pw;
     const auto g = geometry_of<acc_t>(rois + k * 5, spatial_scale, s);
     // A bad batch index only gets here when validation was skipped (graph capture).
     if (!g.valid || g.batch_index < 0 || g.batch_index >= s.batch) {
@@ -88,18 +104,16 @@ struct FixedPointAdd {
 };
 
 // One thread per grad element (k, c, ph, pw); grad may be strided.
-template <typename scalar_t, typename Accumulate>
-__global__ void roi_align_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
+template <typename scalar_t, typename index_t, typename Accumulate>
+__global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restrict__ grad,
                                           int64_t gs0, int64_t gs1, int64_t gs2, int64_t gs3,
                                           const scalar_t* __restrict__ rois,
                                           at::opmath_type<scalar_t> spatial_scale, Shape s,
                                           Accumulate accumulate) {
   using acc_t = at::opmath_type<scalar_t>;
-  CVOPS_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t pw = index % s.pooled_width;
-    const int64_t ph = (index / s.pooled_width) % s.pooled_height;
-    const int64_t c = (index / s.pooled_width / s.pooled_height) % s.channels;
-    const int64_t k = index / s.pooled_width / s.pooled_height / s.channels;
+  CVOPS_CUDA_KERNEL_LOOP_T(index_t, index, total) {
+    const BinIndex<index_t> b(index, s);
+    const int64_t k = b.k, c = b.c, ph = b.ph, pw = b.pw;
     const auto g = geometry_of<acc_t>(rois + k * 5, spatial_scale, s);
     if (!g.valid || g.batch_index < 0 || g.batch_index >= s.batch) continue;
     const acc_t gv =
@@ -140,11 +154,15 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "cvops_roi_align_forward_cuda", [&] {
-        roi_align_forward_kernel<scalar_t><<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-            total, in.const_data_ptr<scalar_t>(), rois_c.const_data_ptr<scalar_t>(),
-            static_cast<at::opmath_type<scalar_t>>(spatial_scale), s,
-            output.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
+          roi_align_forward_kernel<scalar_t, index_t>
+              <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
+                  static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+                  rois_c.const_data_ptr<scalar_t>(),
+                  static_cast<at::opmath_type<scalar_t>>(spatial_scale), s,
+                  output.mutable_data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
   return output;
 }
@@ -175,13 +193,15 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_align_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          roi_align_backward_kernel<scalar_t>
-              <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-                  total, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1),
-                  grad.stride(2), grad.stride(3), rois_c.const_data_ptr<scalar_t>(),
-                  static_cast<acc_t>(spatial_scale), s,
-                  AtomicAdd<acc_t>{buf.mutable_data_ptr<acc_t>()});
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
+            roi_align_backward_kernel<scalar_t, index_t>
+                <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
+                    static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(),
+                    grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3),
+                    rois_c.const_data_ptr<scalar_t>(), static_cast<acc_t>(spatial_scale), s,
+                    AtomicAdd<acc_t>{buf.mutable_data_ptr<acc_t>()});
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
         });
     return buf.to(grad.scalar_type());
   }
@@ -197,13 +217,17 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_align_backward_det_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        roi_align_backward_kernel<scalar_t><<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-            total, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1),
-            grad.stride(2), grad.stride(3), rois_c.const_data_ptr<scalar_t>(),
-            static_cast<acc_t>(spatial_scale), s,
-            FixedPointAdd{reinterpret_cast<unsigned long long*>(fixed.mutable_data_ptr<int64_t>()),
-                          scale.const_data_ptr<double>()});
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const FixedPointAdd add{
+            reinterpret_cast<unsigned long long*>(fixed.mutable_data_ptr<int64_t>()),
+            scale.const_data_ptr<double>()};
+        CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
+          roi_align_backward_kernel<scalar_t, index_t>
+              <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
+                  static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(), grad.stride(0),
+                  grad.stride(1), grad.stride(2), grad.stride(3),
+                  rois_c.const_data_ptr<scalar_t>(), static_cast<acc_t>(spatial_scale), s, add);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
   // A non-finite upstream gradient makes the whole result NaN rather than silently wrong.
   at::Tensor inv_scale = at::where(at::isfinite(max_abs), scale.reciprocal(),
