@@ -98,8 +98,30 @@ acc_t threshold_below(double threshold) {
   return f;
 }
 
-// Kept boxes as structure-of-arrays, so the "does any of them suppress this box" test is a
-// branch-free loop the compiler vectorises. Same arithmetic as nms_math::iou.
+// Does any of the m boxes (structure-of-arrays) overlap `a` with IoU > thr? A branch-free
+// loop the compiler vectorises; same arithmetic as nms_math::iou. NaN slots never hit.
+template <typename acc_t>
+inline bool any_iou_above(const acc_t* __restrict x1, const acc_t* __restrict y1,
+                          const acc_t* __restrict x2, const acc_t* __restrict y2,
+                          const acc_t* __restrict area, int64_t m, const Box<acc_t>& a,
+                          acc_t thr) {
+  int hit = 0;
+  for (int64_t k = 0; k < m; ++k) {
+    const acc_t l = x1[k] > a.x1 ? x1[k] : a.x1;
+    const acc_t r = x2[k] < a.x2 ? x2[k] : a.x2;
+    const acc_t t = y1[k] > a.y1 ? y1[k] : a.y1;
+    const acc_t b = y2[k] < a.y2 ? y2[k] : a.y2;
+    const acc_t dw = r - l, dh = b - t;
+    const acc_t w = acc_t(0) > dw ? acc_t(0) : dw;
+    const acc_t h = acc_t(0) > dh ? acc_t(0) : dh;
+    const acc_t inter = w * h;
+    const acc_t uni = (area[k] + a.area) - inter;
+    hit |= static_cast<int>(inter / uni > thr);
+  }
+  return hit != 0;
+}
+
+// Kept boxes as a growing structure-of-arrays (the brute-force path for small inputs).
 template <typename acc_t>
 struct BoxList {
   std::vector<acc_t> x1, y1, x2, y2, area;
@@ -111,7 +133,6 @@ struct BoxList {
     y2.clear();
     area.clear();
   }
-  bool empty() const { return x1.empty(); }
   void push(const Box<acc_t>& b) {
     x1.push_back(b.x1);
     y1.push_back(b.y1);
@@ -121,28 +142,13 @@ struct BoxList {
   }
   bool any_above(const Box<acc_t>& a, acc_t thr) const {
     const int64_t m = static_cast<int64_t>(x1.size());
-    const acc_t* __restrict px1 = x1.data();
-    const acc_t* __restrict py1 = y1.data();
-    const acc_t* __restrict px2 = x2.data();
-    const acc_t* __restrict py2 = y2.data();
-    const acc_t* __restrict parea = area.data();
-    // Chunks of 16 so a hit stops the scan early while each chunk stays vectorised.
-    for (int64_t k0 = 0; k0 < m; k0 += 16) {
-      const int64_t k1 = std::min<int64_t>(m, k0 + 16);
-      int hit = 0;
-      for (int64_t k = k0; k < k1; ++k) {
-        const acc_t l = px1[k] > a.x1 ? px1[k] : a.x1;
-        const acc_t r = px2[k] < a.x2 ? px2[k] : a.x2;
-        const acc_t t = py1[k] > a.y1 ? py1[k] : a.y1;
-        const acc_t b = py2[k] < a.y2 ? py2[k] : a.y2;
-        const acc_t dw = r - l, dh = b - t;
-        const acc_t w = acc_t(0) > dw ? acc_t(0) : dw;
-        const acc_t h = acc_t(0) > dh ? acc_t(0) : dh;
-        const acc_t inter = w * h;
-        const acc_t uni = (parea[k] + a.area) - inter;
-        hit |= static_cast<int>(inter / uni > thr);
+    // Blocks of 16 so a hit stops the scan early while each block stays vectorised.
+    for (int64_t k = 0; k < m; k += 16) {
+      const int64_t len = std::min<int64_t>(16, m - k);
+      if (any_iou_above(x1.data() + k, y1.data() + k, x2.data() + k, y2.data() + k,
+                        area.data() + k, len, a, thr)) {
+        return true;
       }
-      if (hit) return true;
     }
     return false;
   }
@@ -171,20 +177,7 @@ struct Chunk {
     ++count;
   }
   bool any_above(const Box<acc_t>& a, acc_t thr) const {
-    int hit = 0;
-    for (int k = 0; k < kSize; ++k) {
-      const acc_t l = x1[k] > a.x1 ? x1[k] : a.x1;
-      const acc_t r = x2[k] < a.x2 ? x2[k] : a.x2;
-      const acc_t t = y1[k] > a.y1 ? y1[k] : a.y1;
-      const acc_t b = y2[k] < a.y2 ? y2[k] : a.y2;
-      const acc_t dw = r - l, dh = b - t;
-      const acc_t w = acc_t(0) > dw ? acc_t(0) : dw;
-      const acc_t h = acc_t(0) > dh ? acc_t(0) : dh;
-      const acc_t inter = w * h;
-      const acc_t uni = (area[k] + a.area) - inter;
-      hit |= static_cast<int>(inter / uni > thr);
-    }
-    return hit != 0;
+    return any_iou_above(x1, y1, x2, y2, area, kSize, a, thr);
   }
 };
 
