@@ -259,3 +259,25 @@ def test_export_nms_fixed():
     ep = torch.export.export(Post(), (boxes, scores))
     got = ep.module()(boxes, scores)
     torch.testing.assert_close(got[0], Post()(boxes, scores)[0])
+
+
+@pytest.mark.parametrize("device", devices())
+def test_autocast_runs_in_float32(device):
+    # Under autocast, half boxes and float32 scores are reconciled (as torchvision does).
+    boxes, scores = random_boxes(300, seed=44)
+    boxes, scores = boxes.to(device), scores.to(device)
+    half = boxes.half()
+    expected = cvops.nms(half.float(), scores, 0.5)
+    idxs = torch.randint(0, 3, (300,), device=device)
+    with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16):
+        torch.testing.assert_close(cvops.nms(half, scores, 0.5), expected)
+        torch.testing.assert_close(
+            cvops.batched_nms(half, scores, idxs, 0.5),
+            cvops.batched_nms(half.float(), scores, idxs, 0.5),
+        )
+        torch.testing.assert_close(cvops.nms_fixed(half, scores, 0.5, 10)[0], expected[:10])
+        keep, s = cvops.soft_nms(half, scores.half())
+    assert s.dtype == torch.float16
+    torch.testing.assert_close(keep, cvops.soft_nms(half.float(), scores.half().float())[0])
+    with pytest.raises(TypeError, match="same dtype"):
+        cvops.nms(half, scores, 0.5)

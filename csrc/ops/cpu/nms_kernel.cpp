@@ -289,8 +289,9 @@ class GreedyNms {
     size_t l = 0;
     while (l + 1 < levels_.size() && s > levels_[l].reach) ++l;
     Level& lv = levels_[l];
-    const int64_t cx = clamp_cell(std::floor((static_cast<double>(a.x1) - min_x_) / lv.cell), lv.gx);
-    const int64_t cy = clamp_cell(std::floor((static_cast<double>(a.y1) - min_y_) / lv.cell), lv.gy);
+    const double x = static_cast<double>(a.x1) - min_x_, y = static_cast<double>(a.y1) - min_y_;
+    const int64_t cx = clamp_cell(std::floor(x / lv.cell), lv.gx);
+    const int64_t cy = clamp_cell(std::floor(y / lv.cell), lv.gy);
     int32_t& head = lv.head[cy * lv.gx + cx];
     if (head < 0 || chunks_[head].count == Chunk<acc_t>::kSize) {
       chunks_.emplace_back();
