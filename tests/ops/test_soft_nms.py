@@ -78,3 +78,13 @@ def test_soft_nms_opcheck_and_compile():
     want = f(boxes, scores)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_soft_nms_dense_overlaps(method):
+    # Every box overlaps every other: the kernel's dense path (a scan per selection).
+    boxes, scores = random_boxes(1600, size=20, min_wh=40, max_wh=60, seed=8)
+    keep, kept_scores = cvops.soft_nms(boxes, scores, 0.5, 0.5, 0.05, method)
+    ref_keep, ref_scores = soft_nms_reference(boxes, scores, 0.5, 0.5, 0.05, method)
+    torch.testing.assert_close(keep, ref_keep)
+    torch.testing.assert_close(kept_scores.double(), ref_scores, rtol=1e-5, atol=1e-6)

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <queue>
 #include <utility>
 #include <vector>
 
@@ -439,8 +440,51 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
 // ---------------------------------------------------------------------------------------
 // Soft-NMS: repeatedly select the highest (decayed) score, ties to the lower index, and decay
 // every remaining box overlapping it; a box whose score drops below score_threshold is
-// removed. Only overlapping boxes change, so the pass over the remaining boxes is cheap.
+// removed. Only strictly overlapping boxes change, so when the overlap graph is sparse (found
+// by one sweep along x) a max-heap with lazy deletion replaces the O(N) scan per selection.
+// Both paths apply the same decays in the same order, so they give the same bits.
 // ---------------------------------------------------------------------------------------
+template <typename acc_t>
+inline bool overlaps(const Box<acc_t>& a, const Box<acc_t>& b) {
+  return a.x1 < b.x2 && b.x1 < a.x2 && a.y1 < b.y2 && b.y1 < a.y2;
+}
+
+template <typename acc_t>
+inline acc_t soft_weight(const Box<acc_t>& a, const Box<acc_t>& b, int64_t method,
+                         double threshold, acc_t sigma) {
+  acc_t o = iou(a, b);
+  if (o != o) o = acc_t(0);  // two empty boxes
+  return soft_nms_weight(o, method, threshold, sigma);
+}
+
+// Overlap lists of the candidate boxes (positions into `c`); false when they would exceed
+// the work budget (dense overlaps), in which case the scan below is as good.
+template <typename acc_t>
+bool overlap_lists(const std::vector<Box<acc_t>>& c, std::vector<std::vector<int32_t>>& adj) {
+  const int64_t m = static_cast<int64_t>(c.size());
+  if (m >= (int64_t(1) << 31)) return false;
+  std::vector<int32_t> by_x(m);
+  for (int64_t i = 0; i < m; ++i) by_x[i] = static_cast<int32_t>(i);
+  std::sort(by_x.begin(), by_x.end(), [&](int32_t a, int32_t b) { return c[a].x1 < c[b].x1; });
+  adj.assign(m, {});
+  // The scan costs about m * m / 2 IoUs; give up on lists once the sweep gets near that, or
+  // once they would take more than ~64 entries per box (memory).
+  int64_t visits = std::max<int64_t>(int64_t(1) << 20, m * m / 8);
+  int64_t edges = 32 * m + (int64_t(1) << 21);
+  for (int64_t u = 0; u < m; ++u) {
+    const Box<acc_t>& a = c[by_x[u]];
+    for (int64_t v = u + 1; v < m && c[by_x[v]].x1 < a.x2; ++v) {
+      if (--visits < 0) return false;
+      if (overlaps(a, c[by_x[v]])) {
+        if (--edges < 0) return false;
+        adj[by_x[u]].push_back(by_x[v]);
+        adj[by_x[v]].push_back(by_x[u]);
+      }
+    }
+  }
+  return true;
+}
+
 template <typename scalar_t>
 void soft_nms_impl(const at::Tensor& boxes, const at::Tensor& scores, double threshold,
                    double sigma, double score_threshold, int64_t method,
@@ -448,49 +492,91 @@ void soft_nms_impl(const at::Tensor& boxes, const at::Tensor& scores, double thr
   using acc_t = at::opmath_type<scalar_t>;
   Prepared<scalar_t> p;
   prepare<scalar_t>("cvops.soft_nms", boxes, scores, /*check_boxes=*/true, p);
-  struct Item {
-    Box<acc_t> box;
-    acc_t score;
-    int64_t index;
-  };
-  std::vector<Item> active;
-  active.reserve(p.order.size());
+  std::vector<int64_t> index;  // candidates' input indices, in rank order
+  std::vector<Box<acc_t>> box;
+  std::vector<acc_t> cur;      // current scores
   for (int64_t i : p.order) {
     if (static_cast<double>(p.scores[i]) >= score_threshold) {
-      active.push_back({p.boxes[i], p.scores[i], i});
+      index.push_back(i);
+      box.push_back(p.boxes[i]);
+      cur.push_back(p.scores[i]);
     }
   }
+  const int64_t m = static_cast<int64_t>(index.size());
   const acc_t sig = static_cast<acc_t>(sigma);
-  auto better = [](const Item& a, const Item& b) {
-    return a.score > b.score || (a.score == b.score && a.index < b.index);
+  auto keeps = [&](acc_t s) { return static_cast<double>(s) >= score_threshold; };
+
+  std::vector<std::vector<int32_t>> adj;
+  if (overlap_lists(box, adj)) {
+    struct Entry {
+      acc_t score;
+      int64_t index;
+      int32_t pos;
+    };
+    auto lower = [](const Entry& a, const Entry& b) {
+      return a.score < b.score || (a.score == b.score && a.index > b.index);
+    };
+    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower);
+    std::vector<uint8_t> alive(m, 1);
+    for (int64_t k = 0; k < m; ++k) heap.push({cur[k], index[k], static_cast<int32_t>(k)});
+    while (!heap.empty()) {
+      const Entry e = heap.top();
+      heap.pop();
+      if (!alive[e.pos]) continue;
+      if (!(e.score == cur[e.pos])) {
+        // Decays only lower positive scores, and are re-queued lazily here: an entry's score
+        // is then >= its box's current score, so the top entry that is up to date is the max.
+        if (e.score > cur[e.pos]) heap.push({cur[e.pos], e.index, e.pos});
+        continue;
+      }
+      alive[e.pos] = 0;
+      out_idx.push_back(e.index);
+      out_score.push_back(static_cast<double>(e.score));
+      for (int32_t j : adj[e.pos]) {
+        if (!alive[j]) continue;
+        const acc_t s = cur[j] * soft_weight(box[e.pos], box[j], method, threshold, sig);
+        if (!keeps(s)) {
+          alive[j] = 0;
+        } else if (s > cur[j]) {  // a negative score decays upwards: queue it now
+          cur[j] = s;
+          heap.push({s, index[j], j});
+        } else {
+          cur[j] = s;
+        }
+      }
+    }
+    return;
+  }
+
+  // Dense overlaps: scan the remaining boxes after each selection.
+  std::vector<int64_t> active(m);
+  for (int64_t k = 0; k < m; ++k) active[k] = k;
+  auto better = [&](int64_t a, int64_t b) {
+    return cur[a] > cur[b] || (cur[a] == cur[b] && index[a] < index[b]);
   };
   int64_t best = -1;
-  for (int64_t j = 0; j < static_cast<int64_t>(active.size()); ++j) {
+  for (int64_t j = 0; j < m; ++j) {
     if (best < 0 || better(active[j], active[best])) best = j;
   }
   while (!active.empty()) {
-    const Item sel = active[best];
-    out_idx.push_back(sel.index);
-    out_score.push_back(static_cast<double>(sel.score));
+    const int64_t sel = active[best];
+    out_idx.push_back(index[sel]);
+    out_score.push_back(static_cast<double>(cur[sel]));
     active[best] = active.back();
     active.pop_back();
     best = -1;
     int64_t j = 0;
     while (j < static_cast<int64_t>(active.size())) {
-      Item& it = active[j];
-      const Box<acc_t>& a = sel.box;
-      const Box<acc_t>& bx = it.box;
-      if (a.x1 < bx.x2 && bx.x1 < a.x2 && a.y1 < bx.y2 && bx.y1 < a.y2) {
-        acc_t o = iou(a, bx);
-        if (o != o) o = acc_t(0);
-        it.score = it.score * soft_nms_weight(o, method, threshold, sig);
-        if (!(static_cast<double>(it.score) >= score_threshold)) {
+      const int64_t k = active[j];
+      if (overlaps(box[sel], box[k])) {
+        cur[k] = cur[k] * soft_weight(box[sel], box[k], method, threshold, sig);
+        if (!keeps(cur[k])) {
           active[j] = active.back();
           active.pop_back();
           continue;
         }
       }
-      if (best < 0 || better(it, active[best])) best = j;
+      if (best < 0 || better(k, active[best])) best = j;
       ++j;
     }
   }
