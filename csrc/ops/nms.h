@@ -15,49 +15,32 @@
 namespace cvops {
 namespace nms_math {
 
-CVOPS_HOST_DEVICE inline float mul_rn(float a, float b) {
+// a * b, a + b and a - b, each rounded once (no contraction into an fma on the device).
+template <typename T>
+CVOPS_HOST_DEVICE inline T mul_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
+  if constexpr (sizeof(T) == sizeof(float)) return __fmul_rn(a, b);
+  else return __dmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
 
-CVOPS_HOST_DEVICE inline double mul_rn(double a, double b) {
+template <typename T>
+CVOPS_HOST_DEVICE inline T add_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-CVOPS_HOST_DEVICE inline float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
+  if constexpr (sizeof(T) == sizeof(float)) return __fadd_rn(a, b);
+  else return __dadd_rn(a, b);
 #else
   return a + b;
 #endif
 }
 
-CVOPS_HOST_DEVICE inline double add_rn(double a, double b) {
+template <typename T>
+CVOPS_HOST_DEVICE inline T sub_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-CVOPS_HOST_DEVICE inline float sub_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-
-CVOPS_HOST_DEVICE inline double sub_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dsub_rn(a, b);
+  if constexpr (sizeof(T) == sizeof(float)) return __fsub_rn(a, b);
+  else return __dsub_rn(a, b);
 #else
   return a - b;
 #endif
