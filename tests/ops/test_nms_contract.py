@@ -130,3 +130,32 @@ def test_nms_properties(boxes, threshold, data):
     assert cvops.batched_nms(b, scores, same, threshold).tolist() == kept
     alone = torch.arange(n)
     assert sorted(cvops.batched_nms(b, scores, alone, threshold).tolist()) == list(range(n))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(129, 600),
+    clusters=st.integers(1, 8),
+    spread=st.sampled_from([1.0, 50.0, 1000.0, 1e5]),
+    small=st.sampled_from([0.0, 1.0, 10.0]),
+    large=st.sampled_from([5.0, 100.0, 3000.0]),
+    threshold=st.sampled_from([0.0, 0.2, 0.5, 0.8]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_grid_path_matches_torchvision(seed, n, clusters, spread, small, large, threshold, dtype):
+    # Inputs above the brute-force size go through the grid hierarchy: clustered boxes with
+    # mixed scales (several levels), offsets far from the origin, zero-size boxes.
+    from torchvision.ops import nms as tv_nms
+
+    g = torch.Generator().manual_seed(seed)
+    centers = (torch.rand(clusters, 2, generator=g, dtype=torch.float64) - 0.5) * spread
+    which = torch.randint(0, clusters, (n,), generator=g)
+    xy = centers[which] + torch.randn(n, 2, generator=g, dtype=torch.float64) * spread * 0.05
+    wh = small + torch.rand(n, 2, generator=g, dtype=torch.float64) ** 3 * large
+    wh[torch.rand(n, generator=g) < 0.05] = 0
+    boxes = torch.cat([xy, xy + wh], 1).to(dtype)
+    scores = torch.randperm(n, generator=g).to(dtype)
+    torch.testing.assert_close(
+        cvops.nms(boxes, scores, threshold), tv_nms(boxes, scores, threshold)
+    )
