@@ -2,16 +2,15 @@
 //
 // Greedy NMS keeps a box when no already-kept box of higher rank overlaps it with
 // IoU > threshold, which is exactly what torchvision's O(N^2) loop computes. Instead of
-// testing every later box against every kept one, the kept boxes go into a uniform grid as
-// they are accepted, and each candidate is only compared with the kept boxes of the cells it
-// can overlap:
+// testing every later box against every kept one, the kept boxes go into a spatial index as
+// they are accepted, and each candidate is only compared with the kept boxes that can overlap
+// it:
 //  * boxes are ranked once by (score descending, index ascending): one integer sort;
-//  * the cell size S is the 90th percentile of max(width, height); a kept box whose sides are
-//    both <= S is stored in the cell of its (x1, y1) corner, so a candidate only has to look at
-//    the cells whose corner lies in (x1 - S, x2] x (y1 - S, y2]; the few larger kept boxes sit
-//    in a short list every candidate checks;
+//  * the index is a hierarchy of uniform grids (GreedyNms below); each cell stores its boxes
+//    in 16-wide structure-of-arrays chunks, tested with one vectorised loop;
 //  * boxes with zero width or height can neither suppress nor be suppressed (their IoU with
-//    anything is 0 or NaN), so they are kept without a look.
+//    anything is 0 or NaN), so they are kept without a look; below 129 boxes, or when the
+//    coordinates are too spread for a grid, a brute-force vectorised list is used instead.
 // batched_nms runs one such greedy pass per class, the classes in parallel, with no
 // coordinate offsets (so negative and half-precision coordinates are exact).
 #include <ATen/ATen.h>
