@@ -51,6 +51,20 @@ inline void check_soft_nms_args(const char* op, double sigma, double score_thres
   TORCH_CHECK_VALUE(!std::isnan(score_threshold), op, ": score_threshold must not be NaN");
 }
 
+// The ValueError for a box with a non-finite coordinate or x2 < x1 or y2 < y1.
+inline void raise_bad_box(const char* op, int64_t k, double x1, double y1, double x2,
+                          double y2) {
+  TORCH_CHECK_VALUE(false, op, ": boxes[", k, "] = (", x1, ", ", y1, ", ", x2, ", ", y2,
+                    ") is not a valid box: expected finite coordinates with x1 <= x2 and "
+                    "y1 <= y2");
+}
+
+inline void raise_bad_box(const char* op, const at::Tensor& boxes, int64_t k) {
+  at::Tensor row = boxes[k].to(at::kDouble).cpu();
+  const double* r = row.const_data_ptr<double>();
+  raise_bad_box(op, k, r[0], r[1], r[2], r[3]);
+}
+
 // Raises a ValueError naming the first box with a non-finite coordinate or x2 < x1 or
 // y2 < y1. Tensor ops, so it works on any device (one host sync on CUDA).
 inline void check_box_coordinates(const char* op, const at::Tensor& boxes) {
@@ -60,20 +74,7 @@ inline void check_box_coordinates(const char* op, const at::Tensor& boxes) {
   at::Tensor bad = at::isfinite(b).all(1).logical_not_();
   bad.logical_or_(b.select(1, 2) < b.select(1, 0)).logical_or_(b.select(1, 3) < b.select(1, 1));
   if (!bad.any().item<bool>()) return;
-  const int64_t k = bad.nonzero().select(1, 0)[0].item<int64_t>();
-  at::Tensor row = boxes[k].to(at::kDouble).cpu();
-  const double* r = row.const_data_ptr<double>();
-  TORCH_CHECK_VALUE(false, op, ": boxes[", k, "] = (", r[0], ", ", r[1], ", ", r[2], ", ", r[3],
-                    ") is not a valid box: expected finite coordinates with x1 <= x2 and "
-                    "y1 <= y2");
-}
-
-// Same message, for the CPU kernels that find the bad box in their own pass.
-inline void raise_bad_box(const char* op, int64_t k, double x1, double y1, double x2,
-                          double y2) {
-  TORCH_CHECK_VALUE(false, op, ": boxes[", k, "] = (", x1, ", ", y1, ", ", x2, ", ", y2,
-                    ") is not a valid box: expected finite coordinates with x1 <= x2 and "
-                    "y1 <= y2");
+  raise_bad_box(op, boxes, bad.nonzero().select(1, 0)[0].item<int64_t>());
 }
 
 }  // namespace cvops

@@ -1,14 +1,16 @@
 // NMS CUDA kernels: nms, batched_nms, nms_fixed and soft_nms.
 //
-// nms: boxes are ranked by a stable descending sort of the scores (ties: lower index first);
-// nms_mask_kernel then writes, for every box i and every tile of 64 boxes, a 64-bit word whose
-// bit k says "box i suppresses box 64 * tile + k" (IoU from ops/nms.h, only for later boxes).
-// Instead of copying that mask to the host and walking it there (torchvision), one block of
-// nms_reduce_kernel walks it on the device, 64 boxes at a time: one thread resolves the
-// tile's own 64 decisions from the diagonal word, then all threads OR the kept boxes' rows
-// into the `removed` bitmap of the later tiles. It writes the keep flags and/or the kept
-// indices directly, so nms_fixed needs no host sync at all; nms syncs once for its
-// data-dependent output size (masked_select).
+// nms: boxes are ranked by a stable descending sort of the scores (ties: lower index first)
+// and gathered into that order by nms_prepare_kernel, which also flags the boxes that may take
+// part and finds the first box with bad coordinates. nms_mask_kernel then writes, for every
+// box i and every tile of 64 boxes, a 64-bit word whose bit k says "box i suppresses box
+// 64 * tile + k" (IoU from ops/nms.h, only for later boxes). Instead of copying that mask to
+// the host and walking it there (torchvision), one block of nms_reduce_kernel walks it on the
+// device, 64 boxes at a time: one thread resolves the tile's own 64 decisions from the
+// diagonal word, then all threads OR the kept boxes' rows into the `removed` bitmap of the
+// later tiles. It writes the kept indices (or keep flags) and their count directly, so
+// nms_fixed needs no host sync at all, and nms/batched_nms make exactly one: a 16-byte copy
+// of (count, first bad box) that their data-dependent output size needs anyway.
 // batched_nms sorts by (class, rank) and only sets mask bits within a class; tiles whose
 // class ranges are disjoint are zeroed without computing any IoU.
 #include <ATen/ATen.h>
@@ -133,12 +135,63 @@ __global__ void nms_reduce_kernel(int64_t n, int64_t col_blocks,
   if (threadIdx.x == 0) *count = kept_count;
 }
 
-// Validity of each box (finite, x1 <= x2, y1 <= y2, score not NaN), as tensor ops.
-at::Tensor valid_boxes(const at::Tensor& boxes, const at::Tensor& scores) {
-  at::Tensor b = boxes.scalar_type() == at::kDouble ? boxes : boxes.to(at::kFloat);
-  at::Tensor ok = at::isfinite(b).all(1);
-  ok.logical_and_(b.select(1, 2) >= b.select(1, 0)).logical_and_(b.select(1, 3) >= b.select(1, 1));
-  return ok.logical_and_(at::isnan(scores).logical_not_());
+// Gathers the boxes into rank order and marks those that may take part in NMS (valid
+// coordinates and a non-NaN score). first_bad (nullable): atomically lowered to the smallest
+// input index whose coordinates are bad (non-finite, x2 < x1 or y2 < y1).
+template <typename scalar_t>
+__global__ void nms_prepare_kernel(int64_t n, const scalar_t* __restrict__ boxes,
+                                   const scalar_t* __restrict__ scores,
+                                   const int64_t* __restrict__ order,
+                                   scalar_t* __restrict__ boxes_sorted,
+                                   bool* __restrict__ valid,
+                                   unsigned long long* __restrict__ first_bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  CVOPS_CUDA_KERNEL_LOOP(r, n) {
+    const int64_t i = order[r];
+    const scalar_t* b = boxes + 4 * i;
+    scalar_t* o = boxes_sorted + 4 * r;
+    o[0] = b[0];
+    o[1] = b[1];
+    o[2] = b[2];
+    o[3] = b[3];
+    const bool coords_ok = box_is_valid(static_cast<acc_t>(b[0]), static_cast<acc_t>(b[1]),
+                                        static_cast<acc_t>(b[2]), static_cast<acc_t>(b[3]));
+    valid[r] = coords_ok && score_is_valid(static_cast<acc_t>(scores[i]));
+    if (!coords_ok && first_bad != nullptr) {
+      atomicMin(first_bad, static_cast<unsigned long long>(i));
+    }
+  }
+}
+
+struct Ranked {
+  at::Tensor boxes;  // [n, 4] in rank order
+  at::Tensor valid;  // [n] bool
+};
+
+// boxes and scores contiguous; order: rank -> input index.
+Ranked rank_boxes(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& order,
+                  int64_t* first_bad) {
+  const int64_t n = boxes.size(0);
+  Ranked r{at::empty({n, 4}, boxes.options()), at::empty({n}, boxes.options().dtype(at::kBool))};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, boxes.scalar_type(), "cvops_nms_prepare_cuda", [&] {
+        nms_prepare_kernel<scalar_t><<<cuda_blocks(n), kCudaThreads, 0, stream>>>(
+            n, boxes.const_data_ptr<scalar_t>(), scores.const_data_ptr<scalar_t>(),
+            order.const_data_ptr<int64_t>(), r.boxes.mutable_data_ptr<scalar_t>(),
+            r.valid.mutable_data_ptr<bool>(), reinterpret_cast<unsigned long long*>(first_bad));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return r;
+}
+
+// meta = [number kept, smallest index of a bad box or n], read with the one host sync of
+// nms/batched_nms (which their output size needs anyway); raises for a bad box.
+int64_t read_count_or_raise(const char* op, const at::Tensor& meta, const at::Tensor& boxes) {
+  at::Tensor host = meta.cpu();
+  const int64_t* h = host.const_data_ptr<int64_t>();
+  if (h[1] < boxes.size(0)) raise_bad_box(op, boxes, h[1]);
+  return h[0];
 }
 
 // Runs mask + reduce over boxes already in rank order (cls_sorted may be undefined).
@@ -177,17 +230,17 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
   constexpr const char* op = "cvops.nms";
   check_nms_args(op, boxes, scores, iou_threshold);
   const c10::cuda::CUDAGuard guard(boxes.device());
-  if (!cuda_stream_is_capturing()) check_box_coordinates(op, boxes);
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
-  at::Tensor order = rank_order(scores);
-  at::Tensor boxes_s = boxes.index_select(0, order).contiguous();
-  at::Tensor valid_s = valid_boxes(boxes, scores).index_select(0, order).contiguous();
-  at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));
-  at::Tensor count = at::empty({}, boxes.options().dtype(at::kLong));
-  run_greedy(boxes_s, at::Tensor(), valid_s, order, iou_threshold, n,
-             keep.mutable_data_ptr<bool>(), nullptr, count.mutable_data_ptr<int64_t>());
-  return order.masked_select(keep);  // the one host sync: the output size
+  at::Tensor b = boxes.contiguous(), s = scores.contiguous();
+  at::Tensor order = rank_order(s);
+  at::Tensor meta = at::full({2}, n, boxes.options().dtype(at::kLong));
+  int64_t* m = meta.mutable_data_ptr<int64_t>();
+  Ranked r = rank_boxes(b, s, order, m + 1);
+  at::Tensor out = at::empty({n}, boxes.options().dtype(at::kLong));
+  run_greedy(r.boxes, at::Tensor(), r.valid, order, iou_threshold, n, nullptr,
+             out.mutable_data_ptr<int64_t>(), m);
+  return out.slice(0, 0, read_count_or_raise(op, meta, b));
 }
 
 std::tuple<at::Tensor, at::Tensor> nms_fixed_cuda(const at::Tensor& boxes,
@@ -201,10 +254,10 @@ std::tuple<at::Tensor, at::Tensor> nms_fixed_cuda(const at::Tensor& boxes,
   at::Tensor count = at::zeros({}, boxes.options().dtype(at::kLong));
   const int64_t n = boxes.size(0);
   if (n == 0 || max_output == 0) return {out, count};
-  at::Tensor order = rank_order(scores);
-  at::Tensor boxes_s = boxes.index_select(0, order).contiguous();
-  at::Tensor valid_s = valid_boxes(boxes, scores).index_select(0, order).contiguous();
-  run_greedy(boxes_s, at::Tensor(), valid_s, order, iou_threshold, max_output, nullptr,
+  at::Tensor b = boxes.contiguous(), s = scores.contiguous();
+  at::Tensor order = rank_order(s);
+  Ranked r = rank_boxes(b, s, order, nullptr);  // bad boxes are dropped, not reported
+  run_greedy(r.boxes, at::Tensor(), r.valid, order, iou_threshold, max_output, nullptr,
              out.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int64_t>());
   return {out, count};
 }
@@ -215,24 +268,26 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
   check_nms_args(op, boxes, scores, iou_threshold);
   check_idxs(op, boxes, idxs);
   const c10::cuda::CUDAGuard guard(boxes.device());
-  if (!cuda_stream_is_capturing()) check_box_coordinates(op, boxes);
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
-  at::Tensor by_score = rank_order(scores);
+  at::Tensor b = boxes.contiguous(), s = scores.contiguous();
+  at::Tensor by_score = rank_order(s);
   at::Tensor cls_by_score = idxs.to(at::kLong).index_select(0, by_score);
   // Stable sort by class: classes contiguous, each in rank order.
   at::Tensor to_class = std::get<1>(cls_by_score.sort(/*stable=*/true, 0, false));
   at::Tensor order = by_score.index_select(0, to_class);
   at::Tensor cls_s = cls_by_score.index_select(0, to_class).contiguous();
-  at::Tensor boxes_s = boxes.index_select(0, order).contiguous();
-  at::Tensor valid_s = valid_boxes(boxes, scores).index_select(0, order).contiguous();
+  at::Tensor meta = at::full({2}, n, boxes.options().dtype(at::kLong));
+  int64_t* m = meta.mutable_data_ptr<int64_t>();
+  Ranked r = rank_boxes(b, s, order, m + 1);
   at::Tensor keep_c = at::zeros({n}, boxes.options().dtype(at::kBool));
-  at::Tensor count = at::empty({}, boxes.options().dtype(at::kLong));
-  run_greedy(boxes_s, cls_s, valid_s, order, iou_threshold, n, keep_c.mutable_data_ptr<bool>(),
-             nullptr, count.mutable_data_ptr<int64_t>());
-  // Back to rank order, so the output is by (score desc, index asc).
-  at::Tensor keep_s = at::zeros({n}, keep_c.options()).index_copy_(0, to_class, keep_c);
-  return by_score.masked_select(keep_s);
+  run_greedy(r.boxes, cls_s, r.valid, order, iou_threshold, n, keep_c.mutable_data_ptr<bool>(),
+             nullptr, m);
+  // Back to rank order, so the output is by (score desc, index asc): the kept boxes' ranks,
+  // sorted, with the others sorting last as n.
+  at::Tensor ranks = std::get<0>(at::where(keep_c, to_class, n).sort(/*stable=*/false, 0, false));
+  const int64_t kept = read_count_or_raise(op, meta, b);
+  return by_score.index_select(0, ranks.slice(0, 0, kept));
 }
 
 // ---------------------------------------------------------------------------------------
