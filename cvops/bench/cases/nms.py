@@ -57,15 +57,16 @@ def _nms_fixed_case(n, max_output=1000, threshold=0.5):
     return make
 
 
-def _soft_nms_case(n, method="gaussian"):
+def _soft_nms_case(n, method="gaussian", reference="python"):
     def make(device):
         from ...ops._reference import soft_nms_reference
 
         boxes, scores = random_boxes(n, device)
         boxes_cpu, scores_cpu = boxes.cpu(), scores.cpu()
+        ref = soft_nms_reference if reference == "python" else cvops.soft_nms
         return (
             lambda: cvops.soft_nms(boxes, scores, method=method),
-            lambda: soft_nms_reference(boxes_cpu, scores_cpu, method=method),
+            lambda: ref(boxes_cpu, scores_cpu, method=method),
         )
 
     return make
@@ -82,6 +83,17 @@ register(
         "float32",
         _soft_nms_case(2000),
         reference="pure-PyTorch reference (CPU)",
+        devices=("cpu",),
+    )
+)
+register(
+    BenchCase(
+        "soft_nms",
+        "N=2000 gaussian",
+        "float32",
+        _soft_nms_case(2000, reference="cvops-cpu"),
+        reference="cvops CPU kernel",
+        devices=("cuda",),
     )
 )
 for _n in (2000, 50000):
