@@ -112,3 +112,11 @@ def test_torch_compile_cuda():
     want = f(boxes, scores)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
+
+
+def test_device_mismatch_is_a_value_error():
+    boxes, scores = random_boxes(10, seed=8)
+    with pytest.raises(ValueError, match="same device"):
+        cvops.nms(boxes.cuda(), scores, 0.5)
+    with pytest.raises(ValueError, match="same device"):
+        cvops.batched_nms(boxes.cuda(), scores.cuda(), torch.zeros(10, dtype=torch.int64), 0.5)
