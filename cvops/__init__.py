@@ -5,5 +5,8 @@ __version__ = "0.1.0"
 from . import extension, ops  # noqa: E402, F401
 from .extension import ExtensionNotAvailable, has_cuda, has_ops  # noqa: E402
 from .ops import roi_align  # noqa: E402
+from .ops.boxes import *  # noqa: E402, F401, F403
+from .ops.nms import batched_nms, nms, nms_fixed, soft_nms  # noqa: E402, F401
 
 __all__ = ["ExtensionNotAvailable", "has_cuda", "has_ops", "ops", "roi_align"]
+__all__ += ["batched_nms", "nms", "nms_fixed", "soft_nms"] + ops.boxes.__all__

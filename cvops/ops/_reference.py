@@ -73,3 +73,84 @@ def roi_align_reference(
                 vals = bilinear_sample(plane, yy.reshape(-1), xx.reshape(-1))
                 out[k, :, ph, pw] = vals.sum(dim=1) / count
     return out
+
+
+def _nms_rank(scores: Tensor) -> Tensor:
+    """Indices by (score descending, index ascending), NaN scores left out."""
+    valid = torch.nonzero(~torch.isnan(scores))[:, 0]
+    return valid[torch.sort(scores[valid], descending=True, stable=True)[1]]
+
+
+def _pairwise_iou_row(boxes: Tensor, i: int, others: Tensor) -> Tensor:
+    """IoU of box i with boxes[others], torchvision's CPU formula in the op-math dtype."""
+    b = boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    o = b[others]
+    w = (torch.minimum(o[:, 2], b[i, 2]) - torch.maximum(o[:, 0], b[i, 0])).clamp(min=0)
+    h = (torch.minimum(o[:, 3], b[i, 3]) - torch.maximum(o[:, 1], b[i, 1])).clamp(min=0)
+    inter = w * h
+    return inter / ((area[i] + area[others]) - inter)
+
+
+def nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS, one kept box at a time: the definition, with ties to the lower index."""
+    order = _nms_rank(scores)
+    suppressed = torch.zeros(boxes.shape[0], dtype=torch.bool)
+    keep = []
+    for r in range(order.numel()):
+        i = int(order[r])
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[r + 1 :]
+        if rest.numel():
+            over = _pairwise_iou_row(boxes, i, rest).double() > iou_threshold
+            suppressed[rest[over]] = True
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def batched_nms_reference(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float
+) -> Tensor:
+    """Per-class loop over nms_reference, merged by (score descending, index ascending)."""
+    keep = [
+        torch.nonzero(idxs == c)[:, 0][
+            nms_reference(boxes[idxs == c], scores[idxs == c], iou_threshold)
+        ]
+        for c in torch.unique(idxs)
+    ]
+    keep = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.int64)
+    keep = keep.sort()[0]
+    return keep[torch.sort(scores[keep], descending=True, stable=True)[1]]
+
+
+def soft_nms_reference(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    method: str = "gaussian",
+):
+    """Soft-NMS (Bodla et al.) step by step: select the best current score (ties: lower
+    index), decay the others, drop those below score_threshold. Scores in float64."""
+    cur = scores.double().clone()
+    alive = ~torch.isnan(cur) & (cur >= score_threshold)
+    keep, kept_scores = [], []
+    while bool(alive.any()):
+        cand = torch.nonzero(alive)[:, 0]
+        best = cand[torch.sort(cur[cand], descending=True, stable=True)[1][0]]
+        keep.append(int(best))
+        kept_scores.append(float(cur[best]))
+        alive[best] = False
+        rest = torch.nonzero(alive)[:, 0]
+        if rest.numel() == 0:
+            break
+        o = _pairwise_iou_row(boxes, int(best), rest).double().nan_to_num(0.0)
+        if method == "linear":
+            w = torch.where(o > iou_threshold, 1 - o, torch.ones_like(o))
+        else:
+            w = torch.exp(-(o * o) / sigma)
+        cur[rest] = cur[rest] * w
+        alive[rest] = cur[rest] >= score_threshold
+    return torch.tensor(keep, dtype=torch.int64), torch.tensor(kept_scores, dtype=torch.float64)
