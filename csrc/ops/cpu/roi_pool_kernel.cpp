@@ -228,7 +228,7 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
   const scalar_t nan = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
 
   if (channels_last) {
-    at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
+    parallel_for_dynamic(num_rois, 4, [&](int64_t begin, int64_t end) {
       RoiBins<acc_t> rb;
       std::vector<acc_t> m(channels);
       std::vector<int32_t> a(channels);
@@ -268,7 +268,7 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
   }
 
   // Planar: one task item per (RoI, channel); bins are recomputed only when the RoI changes.
-  at::parallel_for(0, num_rois * channels, 16, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(num_rois * channels, 64, [&](int64_t begin, int64_t end) {
     RoiBins<acc_t> rb;
     int64_t current = -1;
     for (int64_t item = begin; item < end; ++item) {
@@ -386,7 +386,11 @@ void roi_pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
   block = std::min(channels, std::max<int64_t>(8, block));
   const int64_t blocks = (channels + block - 1) / block;
 
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+  // Offsets of each bin in a (possibly strided) grad, e.g. the stride-0 grad of a sum().
+  std::vector<int64_t> bin_offset(bins);
+  for (int64_t b = 0; b < bins; ++b) bin_offset[b] = (b / PW) * gs2 + (b % PW) * gs3;
+
+  parallel_for_dynamic(batch * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks;
       const int64_t c0 = (task % blocks) * block;
@@ -403,11 +407,10 @@ void roi_pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
               if (idx >= 0 && idx < HW) plane[idx] += static_cast<acc_t>(g[b]);
             }
           } else {
+            const scalar_t* g = g_data + k * gs0 + c * gs1;
             for (int64_t b = 0; b < bins; ++b) {
               const int64_t idx = a[b];
-              if (idx >= 0 && idx < HW)
-                plane[idx] += static_cast<acc_t>(
-                    g_data[k * gs0 + c * gs1 + (b / PW) * gs2 + (b % PW) * gs3]);
+              if (idx >= 0 && idx < HW) plane[idx] += static_cast<acc_t>(g[bin_offset[b]]);
             }
           }
         }
