@@ -155,3 +155,21 @@ def test_autocast_cpu_mixed_dtypes():
         out = cvops.roi_pool(x, rois, 2, 1.0)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out.float(), cvops.roi_pool(x.float(), rois, 2, 1.0))
+
+
+def test_nan_rule_is_the_same_in_both_cpu_layouts():
+    # 20 channels: the vectorised channels-last path (16 + a scalar tail) and the planar path
+    # must pick the same first NaN, or the first maximum where there is none.
+    x = torch.randint(0, 3, (1, 20, 12, 12)).float()  # RoIs cover little: planar for NCHW
+    mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.15
+    x[mask] = float("nan")
+    rois = torch.tensor([[0, 0.0, 0.0, 5.0, 5.0], [0, 1.0, 2.0, 4.0, 5.0]])
+    planar = torch.ops.cvops.roi_pool(x, rois, 1.0, 3, 2)  # few RoIs: planar NCHW path
+    cl = torch.ops.cvops.roi_pool(x.contiguous(memory_format=torch.channels_last), rois, 1.0, 3, 2)
+    assert torch.equal(planar[1], cl[1])
+    torch.testing.assert_close(planar[0], cl[0], equal_nan=True, atol=0, rtol=0)
+    assert torch.isnan(cl[0]).any() and not torch.isnan(cl[0]).all()
+    # The chosen index holds the output (the NaN itself where the bin has one).
+    flat = x.flatten(2)[0]  # [C, H * W]
+    picked = flat.gather(1, cl[1].flatten(2)[0].long()).view_as(cl[0][0])
+    torch.testing.assert_close(picked, cl[0][0], equal_nan=True, atol=0, rtol=0)

@@ -94,7 +94,7 @@ bool use_channels_last(const at::Tensor& rois, const Params& p, int64_t batch,
 // Max/argmax of one non-empty bin over contiguous channels (channels-last image), with GCC
 // vector extensions: 32-byte vectors of the op-math type and of same-width integer indices.
 // Each chunk of kVecs vectors keeps its running max and argmax in registers while the bin's
-// pixels are scanned in row-major order; the update is branch-free (see takes_over()).
+// pixels are scanned in row-major order; the update is branch-free.
 template <typename acc_t, int kBytes>
 struct Lanes;
 template <int kBytes>
@@ -133,6 +133,25 @@ CVOPS_ALWAYS_INLINE inline V load_lanes(const scalar_t* p) {
   return v;
 }
 
+// Max/argmax of one channel of one bin with the exact rule of takes_over().
+template <typename scalar_t, typename acc_t>
+inline void bin_max_scalar(const scalar_t* image, int64_t W, int64_t C, BinRange hr,
+                           BinRange wr, int64_t c, acc_t* m, int32_t* a) {
+  int64_t best = hr.begin * W + wr.begin;
+  acc_t mv = static_cast<acc_t>(image[best * C + c]);
+  for (int64_t h = hr.begin; h < hr.end; ++h) {
+    for (int64_t w = wr.begin; w < wr.end; ++w) {
+      const acc_t v = static_cast<acc_t>(image[(h * W + w) * C + c]);
+      if (takes_over(v, mv)) {
+        mv = v;
+        best = h * W + w;
+      }
+    }
+  }
+  m[c] = mv;
+  a[c] = static_cast<int32_t>(best);
+}
+
 template <int kBytes, int64_t kVecs, typename scalar_t, typename acc_t>
 CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, int64_t W,
                                              int64_t C, BinRange hr, BinRange wr,
@@ -148,10 +167,14 @@ CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, i
   for (; c + kChunk <= C; c += kChunk) {
     V mv[kVecs];
     I av[kVecs];
+    I nan[kVecs];
     for (int64_t u = 0; u < kVecs; ++u) {
       mv[u] = load_lanes<V>(image + first * C + c + u * L::n);
       av[u] = first_v;
+      nan[u] = I{};
     }
+    // Hot loop: a strict '>' keeps the first maximum; NaNs are only flagged here (a NaN
+    // first pixel already sticks, since nothing compares greater than it).
     for (int64_t h = hr.begin; h < hr.end; ++h) {
       for (int64_t w = (h == hr.begin ? wr.begin + 1 : wr.begin); w < wr.end; ++w) {
         const int64_t idx = h * W + w;
@@ -159,34 +182,26 @@ CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, i
         const I iv = splat<I>(static_cast<index_t>(idx));
         for (int64_t u = 0; u < kVecs; ++u) {
           const V v = load_lanes<V>(px + u * L::n);
-          const I take = (v > mv[u]) | ((v != v) & (mv[u] == mv[u]));
+          const I take = v > mv[u];
           mv[u] = take ? v : mv[u];
           av[u] = take ? iv : av[u];
+          nan[u] |= (v != v);
         }
       }
     }
     for (int64_t u = 0; u < kVecs; ++u) {
       for (int64_t i = 0; i < L::n; ++i) {
-        m[c + u * L::n + i] = mv[u][i];
-        a[c + u * L::n + i] = static_cast<int32_t>(av[u][i]);
-      }
-    }
-  }
-  for (; c < C; ++c) {  // remaining channels, scalar
-    acc_t mv = static_cast<acc_t>(image[first * C + c]);
-    int64_t best = first;
-    for (int64_t h = hr.begin; h < hr.end; ++h) {
-      for (int64_t w = wr.begin; w < wr.end; ++w) {
-        const acc_t v = static_cast<acc_t>(image[(h * W + w) * C + c]);
-        if (takes_over(v, mv)) {
-          mv = v;
-          best = h * W + w;
+        const int64_t ch = c + u * L::n + i;
+        if (nan[u][i]) {  // rare: redo this channel with the exact NaN rule
+          bin_max_scalar(image, W, C, hr, wr, ch, m, a);
+        } else {
+          m[ch] = mv[u][i];
+          a[ch] = static_cast<int32_t>(av[u][i]);
         }
       }
     }
-    m[c] = mv;
-    a[c] = static_cast<int32_t>(best);
   }
+  for (; c < C; ++c) bin_max_scalar(image, W, C, hr, wr, c, m, a);  // remaining channels
 }
 
 // One out-of-line entry per dtype and CPU target: 32-byte vectors where AVX2 is available,
