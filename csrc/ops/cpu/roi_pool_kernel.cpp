@@ -167,11 +167,10 @@ CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, i
   for (; c + kChunk <= C; c += kChunk) {
     V mv[kVecs];
     I av[kVecs];
-    I nan[kVecs];
+    I nan{};  // any NaN seen, OR-ed over the chunk's vectors
     for (int64_t u = 0; u < kVecs; ++u) {
       mv[u] = load_lanes<V>(image + first * C + c + u * L::n);
       av[u] = first_v;
-      nan[u] = I{};
     }
     // Hot loop: a strict '>' keeps the first maximum; NaNs are only flagged here (a NaN
     // first pixel already sticks, since nothing compares greater than it).
@@ -185,20 +184,20 @@ CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, i
           const I take = v > mv[u];
           mv[u] = take ? v : mv[u];
           av[u] = take ? iv : av[u];
-          nan[u] |= (v != v);
+          nan |= (v != v);
         }
       }
     }
+    bool any_nan = false;
+    for (int64_t i = 0; i < L::n; ++i) any_nan |= nan[i] != 0;
     for (int64_t u = 0; u < kVecs; ++u) {
       for (int64_t i = 0; i < L::n; ++i) {
-        const int64_t ch = c + u * L::n + i;
-        if (nan[u][i]) {  // rare: redo this channel with the exact NaN rule
-          bin_max_scalar(image, W, C, hr, wr, ch, m, a);
-        } else {
-          m[ch] = mv[u][i];
-          a[ch] = static_cast<int32_t>(av[u][i]);
-        }
+        m[c + u * L::n + i] = mv[u][i];
+        a[c + u * L::n + i] = static_cast<int32_t>(av[u][i]);
       }
+    }
+    if (any_nan) {  // rare: redo the chunk's channels with the exact NaN rule
+      for (int64_t ch = c; ch < c + kChunk; ++ch) bin_max_scalar(image, W, C, hr, wr, ch, m, a);
     }
   }
   for (; c < C; ++c) bin_max_scalar(image, W, C, hr, wr, c, m, a);  // remaining channels
@@ -217,7 +216,7 @@ CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, i
 #define CVOPS_AVX2_BIN_MAX(scalar_t, acc_t)                                                   \
   CVOPS_TARGET_AVX2 void bin_max(const scalar_t* image, int64_t W, int64_t C, BinRange hr,    \
                                  BinRange wr, acc_t* m, int32_t* a) {                         \
-    bin_max_impl<32, 2>(image, W, C, hr, wr, m, a);                                           \
+    bin_max_impl<32, 4>(image, W, C, hr, wr, m, a);                                           \
   }
 #else
 #define CVOPS_AVX2_BIN_MAX(scalar_t, acc_t)
@@ -245,8 +244,10 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
   if (channels_last) {
     parallel_for_dynamic(num_rois, 4, [&](int64_t begin, int64_t end) {
       RoiBins<acc_t> rb;
-      std::vector<acc_t> m(channels);
-      std::vector<int32_t> a(channels);
+      // One RoI's results bin-major ([bins][C], as bin_max produces them), then transposed
+      // into the [C][bins] output with sequential writes.
+      std::vector<acc_t> m(bins * channels);
+      std::vector<int32_t> a(bins * channels);
       for (int64_t k = begin; k < end; ++k) {
         rb.compute(roi_data + k * 5, p);
         scalar_t* out_roi = out + k * channels * bins;
@@ -261,20 +262,20 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
           const BinRange hr = rb.rows[ph];
           for (int64_t pw = 0; pw < PW; ++pw) {
             const BinRange wr = rb.cols[pw];
-            scalar_t* o = out_roi + ph * PW + pw;
-            int32_t* ao = am_roi + ph * PW + pw;
+            acc_t* mb = m.data() + (ph * PW + pw) * channels;
+            int32_t* ab = a.data() + (ph * PW + pw) * channels;
             if (hr.end <= hr.begin || wr.end <= wr.begin) {
-              for (int64_t ch = 0; ch < channels; ++ch) {
-                o[ch * bins] = scalar_t(0);
-                ao[ch * bins] = -1;
-              }
+              std::fill(mb, mb + channels, acc_t(0));
+              std::fill(ab, ab + channels, -1);
               continue;
             }
-            bin_max(image, W, channels, hr, wr, m.data(), a.data());
-            for (int64_t ch = 0; ch < channels; ++ch) {
-              o[ch * bins] = static_cast<scalar_t>(m[ch]);
-              ao[ch * bins] = a[ch];
-            }
+            bin_max(image, W, channels, hr, wr, mb, ab);
+          }
+        }
+        for (int64_t ch = 0; ch < channels; ++ch) {
+          for (int64_t b = 0; b < bins; ++b) {
+            out_roi[ch * bins + b] = static_cast<scalar_t>(m[b * channels + ch]);
+            am_roi[ch * bins + b] = a[b * channels + ch];
           }
         }
       }
