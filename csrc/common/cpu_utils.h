@@ -1,18 +1,15 @@
 // Helpers for the CPU kernels.
 #pragma once
 
-// Function multiversioning: define a function twice, once with CVOPS_TARGET_DEFAULT and once
-// with CVOPS_TARGET_AVX2, and the loader picks the AVX2 body on CPUs that have it (GCC/Clang
-// ifunc dispatch), so hot loops get 8-wide vectors without raising the build's minimum CPU.
-// Where that is unavailable only the default body is compiled.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
-    (!defined(__clang__) || __clang_major__ >= 14)
-#define CVOPS_HAS_MULTIVERSIONING 1
-#define CVOPS_TARGET_DEFAULT __attribute__((target("default")))
+// CVOPS_TARGET_AVX2 compiles one function for AVX2+FMA without raising the build's minimum
+// CPU; call it only when cpu_has_avx2() says so (see bin_max in the RoI Pool CPU kernel).
+// CVOPS_HAS_AVX2_TARGET is 0 where that is unavailable, and only the baseline body exists.
+#if defined(__x86_64__) && defined(__GNUC__) && (!defined(__clang__) || __clang_major__ >= 9)
+#define CVOPS_HAS_AVX2_TARGET 1
 #define CVOPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
-#define CVOPS_HAS_MULTIVERSIONING 0
-#define CVOPS_TARGET_DEFAULT
+#define CVOPS_HAS_AVX2_TARGET 0
+#define CVOPS_TARGET_AVX2
 #endif
 
 #if defined(__GNUC__)
@@ -26,8 +23,25 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 
 namespace cvops {
+
+// Whether the AVX2 bodies may run: the CPU has AVX2 and FMA, and the environment variable
+// CVOPS_DISABLE_AVX2 is unset or "0" (set it to test the baseline bodies). Read once.
+inline bool cpu_has_avx2() {
+#if CVOPS_HAS_AVX2_TARGET
+  static const bool ok = [] {
+    const char* off = std::getenv("CVOPS_DISABLE_AVX2");
+    if (off != nullptr && off[0] != '\0' && !(off[0] == '0' && off[1] == '\0')) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
 
 // Like at::parallel_for, but threads take chunks of `grain` items from a shared counter
 // instead of one fixed slice each, so a thread that the OS deschedules (a loaded machine, an

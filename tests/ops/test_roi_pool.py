@@ -165,3 +165,38 @@ def test_module_matches_function_and_has_repr():
     x, rois = _inputs(2, 4, 20, 20, 0.25)
     assert torch.equal(m(x, rois), cvops.roi_pool(x, rois, 7, 0.25))
     assert torch.equal(m(x, rois), torchvision.ops.RoIPool((7, 7), 0.25)(x, rois))
+
+
+def test_baseline_cpu_body_without_avx2():
+    # The channels-last forward has an AVX2 body and a baseline (SSE2) body picked at run time;
+    # CVOPS_DISABLE_AVX2=1 forces the baseline one, which this machine would otherwise skip.
+    code = (
+        "import torch, torchvision, cvops\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for dtype in (torch.float32, torch.float64, torch.bfloat16):\n"
+        "    x = torch.randint(0, 5, (2, 37, 20, 20), generator=g).to(dtype)\n"
+        "    x = x.contiguous(memory_format=torch.channels_last)\n"
+        "    r = torch.rand(60, 4, generator=g, dtype=torch.float64) * 30\n"
+        "    r = torch.cat([torch.randint(0, 2, (60, 1), generator=g), r[:, :2],\n"
+        "                   r[:, :2] + r[:, 2:]], 1).to(dtype)\n"
+        "    out, am = torch.ops.cvops.roi_pool(x, r, 0.5, 4, 3)\n"
+        "    ref, ref_am = torch.ops.torchvision.roi_pool(x.float(), r.float(), 0.5, 4, 3)\n"
+        "    assert torch.equal(out.float(), ref) and torch.equal(am, ref_am), dtype\n"
+        "    y = x.clone()\n"
+        "    y[0, 3, 5, 5] = float('nan')\n"
+        "    o2, a2 = torch.ops.cvops.roi_pool(y, r, 0.5, 4, 3)\n"
+        "    o3, a3 = torch.ops.cvops.roi_pool(y.contiguous(), r[:1], 0.5, 4, 3)\n"
+        "    assert torch.equal(a2[:1], a3), dtype\n"
+        "print('OK')\n"
+    )
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CVOPS_DISABLE_AVX2="1")
+    root = os.path.dirname(os.path.dirname(cvops.__file__))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]

@@ -3,8 +3,9 @@
 //
 // Forward, two memory layouts picked per call by a cost model (as for RoI Align):
 //  * channels-last: the input is viewed as [N, H, W, C] (a copy for NCHW input) and the
-//    innermost loop is a branch-free max/argmax update over contiguous channels, which the
-//    compiler vectorises. Wins when the bins cover more pixels than the map has (detectors).
+//    innermost loop is a branch-free max/argmax update over contiguous channels, written
+//    with GCC vector extensions (AVX2 or SSE2 body picked when the library loads). Wins when
+//    the bins cover more pixels than the map has (detectors).
 //  * planar: [N, C, H, W] planes, parallel over (RoI, channel) pairs. Cheaper when a few RoIs
 //    pool a large map, because nothing is transposed.
 // Bin ranges are computed once per RoI and reused across channels.
@@ -203,30 +204,31 @@ CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, i
   for (; c < C; ++c) bin_max_scalar(image, W, C, hr, wr, c, m, a);  // remaining channels
 }
 
-// One out-of-line entry per dtype and CPU target: 32-byte vectors where AVX2 is available,
-// 16-byte (SSE2) vectors otherwise, picked when the library loads (CVOPS_TARGET_AVX2 and
-// CVOPS_TARGET_DEFAULT: GCC/Clang function multiversioning).
+// One entry per dtype: 32-byte vectors where the CPU has AVX2, 16-byte (SSE2 on x86-64)
+// vectors otherwise. The AVX2 body is compiled for that target alone (CVOPS_TARGET_AVX2) and
+// picked at run time (cpu_has_avx2()), so the build's minimum CPU is unchanged.
 #define CVOPS_DEFINE_BIN_MAX(scalar_t, acc_t)                                                 \
-  CVOPS_TARGET_DEFAULT void bin_max(const scalar_t* image, int64_t W, int64_t C, BinRange hr, \
-                                    BinRange wr, acc_t* m, int32_t* a) {                      \
+  void bin_max_base(const scalar_t* image, int64_t W, int64_t C, BinRange hr, BinRange wr,    \
+                    acc_t* m, int32_t* a) {                                                   \
     bin_max_impl<16, 4>(image, W, C, hr, wr, m, a);                                           \
   }                                                                                           \
-  CVOPS_AVX2_BIN_MAX(scalar_t, acc_t)
-#if CVOPS_HAS_MULTIVERSIONING
-#define CVOPS_AVX2_BIN_MAX(scalar_t, acc_t)                                                   \
-  CVOPS_TARGET_AVX2 void bin_max(const scalar_t* image, int64_t W, int64_t C, BinRange hr,    \
-                                 BinRange wr, acc_t* m, int32_t* a) {                         \
+  CVOPS_TARGET_AVX2 void bin_max_avx2(const scalar_t* image, int64_t W, int64_t C,            \
+                                      BinRange hr, BinRange wr, acc_t* m, int32_t* a) {       \
     bin_max_impl<32, 4>(image, W, C, hr, wr, m, a);                                           \
+  }                                                                                           \
+  inline void bin_max(const scalar_t* image, int64_t W, int64_t C, BinRange hr, BinRange wr,  \
+                      acc_t* m, int32_t* a) {                                                 \
+    if (CVOPS_HAS_AVX2_TARGET && cpu_has_avx2()) {                                            \
+      bin_max_avx2(image, W, C, hr, wr, m, a);                                                \
+    } else {                                                                                  \
+      bin_max_base(image, W, C, hr, wr, m, a);                                                \
+    }                                                                                         \
   }
-#else
-#define CVOPS_AVX2_BIN_MAX(scalar_t, acc_t)
-#endif
 CVOPS_DEFINE_BIN_MAX(float, float)
 CVOPS_DEFINE_BIN_MAX(double, double)
 CVOPS_DEFINE_BIN_MAX(c10::BFloat16, float)
 CVOPS_DEFINE_BIN_MAX(c10::Half, float)
 #undef CVOPS_DEFINE_BIN_MAX
-#undef CVOPS_AVX2_BIN_MAX
 
 template <typename scalar_t>
 void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output,
