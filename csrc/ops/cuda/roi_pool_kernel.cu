@@ -34,18 +34,32 @@ __device__ inline double to_double(scalar_t v) {
   return static_cast<double>(static_cast<at::opmath_type<scalar_t>>(v));
 }
 
+// (k, c, ph, pw) of a flat index into [K, C, PH, PW]; index_t is int32 when the tensor is
+// small enough (CVOPS_DISPATCH_INDEX_TYPE), since 64-bit division costs several times more.
+template <typename index_t>
+__device__ inline void split_index(index_t index, const Shape& s, int64_t& k, int64_t& c,
+                                   int64_t& ph, int64_t& pw) {
+  const index_t PW = static_cast<index_t>(s.pooled_width);
+  const index_t PH = static_cast<index_t>(s.pooled_height);
+  const index_t C = static_cast<index_t>(s.channels);
+  pw = index % PW;
+  index /= PW;
+  ph = index % PH;
+  index /= PH;
+  c = index % C;
+  k = index / C;
+}
+
 // One thread per output element (k, c, ph, pw) of contiguous [K, C, PH, PW] outputs.
-template <typename scalar_t>
-__global__ void roi_pool_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
+template <typename scalar_t, typename index_t>
+__global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restrict__ input,
                                         const scalar_t* __restrict__ rois, double spatial_scale,
                                         Shape s, scalar_t* __restrict__ output,
                                         int32_t* __restrict__ argmax) {
   using acc_t = at::opmath_type<scalar_t>;
-  CVOPS_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t pw = index % s.pooled_width;
-    const int64_t ph = (index / s.pooled_width) % s.pooled_height;
-    const int64_t c = (index / s.pooled_width / s.pooled_height) % s.channels;
-    const int64_t k = index / s.pooled_width / s.pooled_height / s.channels;
+  CVOPS_CUDA_KERNEL_LOOP_T(index_t, index, total) {
+    int64_t k, c, ph, pw;
+    split_index(index, s, k, c, ph, pw);
     const scalar_t* roi = rois + k * 5;
     const RoiBox box = roi_box(to_double(roi[0]), to_double(roi[1]), to_double(roi[2]),
                                to_double(roi[3]), to_double(roi[4]), spatial_scale);
@@ -88,22 +102,20 @@ struct AtomicAdd {
 };
 
 // One thread per grad element (k, c, ph, pw); grad may be strided, argmax is contiguous.
-template <typename scalar_t, typename Accumulate>
-__global__ void roi_pool_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
+template <typename scalar_t, typename index_t, typename Accumulate>
+__global__ void roi_pool_backward_kernel(index_t total, const scalar_t* __restrict__ grad,
                                          int64_t gs0, int64_t gs1, int64_t gs2, int64_t gs3,
                                          const int32_t* __restrict__ argmax,
                                          const scalar_t* __restrict__ rois, Shape s,
                                          Accumulate accumulate) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t plane_size = s.height * s.width;
-  CVOPS_CUDA_KERNEL_LOOP(index, total) {
+  CVOPS_CUDA_KERNEL_LOOP_T(index_t, index, total) {
     const int64_t idx = argmax[index];
     // Empty bins (-1) and indices outside the plane (a hand-made argmax) get no gradient.
     if (idx < 0 || idx >= plane_size) continue;
-    const int64_t pw = index % s.pooled_width;
-    const int64_t ph = (index / s.pooled_width) % s.pooled_height;
-    const int64_t c = (index / s.pooled_width / s.pooled_height) % s.channels;
-    const int64_t k = index / s.pooled_width / s.pooled_height / s.channels;
+    int64_t k, c, ph, pw;
+    split_index(index, s, k, c, ph, pw);
     const double b = to_double(rois[k * 5]);
     if (!(b >= 0 && b < static_cast<double>(s.batch))) continue;  // also NaN
     const int64_t n = static_cast<int64_t>(b);
@@ -134,11 +146,14 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "cvops_roi_pool_forward_cuda", [&] {
-        roi_pool_forward_kernel<scalar_t><<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-            total, in.const_data_ptr<scalar_t>(), rois_c.const_data_ptr<scalar_t>(),
-            spatial_scale, s, output.mutable_data_ptr<scalar_t>(),
-            argmax.mutable_data_ptr<int32_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
+          roi_pool_forward_kernel<scalar_t, index_t>
+              <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
+                  static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+                  rois_c.const_data_ptr<scalar_t>(), spatial_scale, s,
+                  output.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int32_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
   return {output, argmax};
 }
@@ -169,12 +184,16 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_pool_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          roi_pool_backward_kernel<scalar_t><<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-              total, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1),
-              grad.stride(2), grad.stride(3), argmax_c.const_data_ptr<int32_t>(),
-              rois_c.const_data_ptr<scalar_t>(), s,
-              AtomicAdd<acc_t>{buf.mutable_data_ptr<acc_t>()});
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          const AtomicAdd<acc_t> add{buf.mutable_data_ptr<acc_t>()};
+          CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
+            roi_pool_backward_kernel<scalar_t, index_t>
+                <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
+                    static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(),
+                    grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3),
+                    argmax_c.const_data_ptr<int32_t>(), rois_c.const_data_ptr<scalar_t>(), s,
+                    add);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
         });
     return buf.to(grad.scalar_type());
   }
@@ -185,11 +204,15 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
                          sizes);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_pool_backward_det_cuda", [&] {
-        roi_pool_backward_kernel<scalar_t><<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-            total, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1),
-            grad.stride(2), grad.stride(3), argmax_c.const_data_ptr<int32_t>(),
-            rois_c.const_data_ptr<scalar_t>(), s, fixed.accumulator());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const FixedPointAdd add = fixed.accumulator();
+        CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
+          roi_pool_backward_kernel<scalar_t, index_t>
+              <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
+                  static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(), grad.stride(0),
+                  grad.stride(1), grad.stride(2), grad.stride(3),
+                  argmax_c.const_data_ptr<int32_t>(), rois_c.const_data_ptr<scalar_t>(), s, add);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
   return fixed.result(grad.scalar_type());
 }
