@@ -28,6 +28,8 @@ def test_cuda_kernels_compiled_when_torch_has_cuda():
         assert "CUDA" in kernels[op], kernels
     for op in ("cvops::nms", "cvops::batched_nms", "cvops::nms_fixed", "cvops::soft_nms"):
         assert "CUDA" in kernels[op], kernels
+    for op in ("cvops::roi_pool", "cvops::_roi_pool_backward"):
+        assert "CUDA" in kernels[op], kernels
 
 
 def test_info_command_runs():

@@ -3,7 +3,10 @@
 from . import boxes  # noqa: F401
 from .boxes import *  # noqa: F401, F403
 from .nms import batched_nms, nms, nms_fixed, soft_nms  # noqa: F401
+from .poolers import MultiScaleRoIAlign
 from .roi_align import RoIAlign, roi_align
+from .roi_pool import RoIPool, roi_pool
 
 __all__ = ["RoIAlign", "roi_align"]
 __all__ += ["batched_nms", "nms", "nms_fixed", "soft_nms"] + boxes.__all__
+__all__ += ["RoIPool", "roi_pool", "MultiScaleRoIAlign"]

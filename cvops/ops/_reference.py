@@ -154,3 +154,45 @@ def soft_nms_reference(
         cur[rest] = cur[rest] * w
         alive[rest] = cur[rest] >= score_threshold
     return torch.tensor(keep, dtype=torch.int64), torch.tensor(kept_scores, dtype=torch.float64)
+
+
+def _c_round(v: float) -> float:
+    """C's round(): halves away from zero (Python's round() rounds halves to even)."""
+    return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
+
+
+def roi_pool_reference(input: Tensor, rois: Tensor, output_size, spatial_scale: float = 1.0):
+    """torchvision's RoI Pool, step by step: rounded corners, +1 sizes, floor/ceil bins clamped
+    to the map, max per bin (first maximum wins), empty bins 0. Differentiable through
+    ``torch.max``. Non-finite RoIs give NaN."""
+    ph_n, pw_n = (output_size, output_size) if isinstance(output_size, int) else output_size
+    K, C = rois.shape[0], input.shape[1]
+    H, W = input.shape[2], input.shape[3]
+    rows = []
+    for k in range(K):
+        b, x1, y1, x2, y2 = rois[k].tolist()
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            rows.append(input.new_full((C, ph_n, pw_n), float("nan")))
+            continue
+        sw, sh = _c_round(x1 * spatial_scale), _c_round(y1 * spatial_scale)
+        ew, eh = _c_round(x2 * spatial_scale), _c_round(y2 * spatial_scale)
+        roi_w, roi_h = max(ew - sw + 1, 1), max(eh - sh + 1, 1)
+        # The bin size is computed in the input's precision, as torchvision does.
+        bin_h = torch.tensor(roi_h, dtype=input.dtype) / ph_n
+        bin_w = torch.tensor(roi_w, dtype=input.dtype) / pw_n
+        plane = input[int(b)]
+        bins = []
+        for ph in range(ph_n):
+            hs = min(max(int(torch.floor(ph * bin_h)) + int(sh), 0), H)
+            he = min(max(int(torch.ceil((ph + 1) * bin_h)) + int(sh), 0), H)
+            for pw in range(pw_n):
+                ws = min(max(int(torch.floor(pw * bin_w)) + int(sw), 0), W)
+                we = min(max(int(torch.ceil((pw + 1) * bin_w)) + int(sw), 0), W)
+                if he <= hs or we <= ws:
+                    bins.append(input.new_zeros(C))
+                else:
+                    bins.append(plane[:, hs:he, ws:we].reshape(C, -1).max(dim=1).values)
+        rows.append(torch.stack(bins, dim=1).view(C, ph_n, pw_n))
+    if not rows:
+        return input.new_zeros((0, C, ph_n, pw_n))
+    return torch.stack(rows, dim=0)

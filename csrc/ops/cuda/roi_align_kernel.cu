@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "common/cuda_utils.cuh"
+#include "common/fixed_point.cuh"
 #include "ops/roi_align.h"
 #include "ops/roi_align_checks.h"
 
@@ -91,17 +92,7 @@ struct AtomicAdd {
   __device__ void operator()(int64_t i, acc_t v) const { atomicAdd(data + i, v); }
 };
 
-// Deterministic backward: each contribution is rounded to a fixed-point int64 (a power-of-
-// two scale chosen from max|grad| so no sum can overflow) and added with integer atomics,
-// which are associative, so the result is bitwise identical in any order.
-struct FixedPointAdd {
-  unsigned long long* data;
-  const double* scale;
-  __device__ void operator()(int64_t i, double v) const {
-    const long long q = __double2ll_rn(v * *scale);
-    atomicAdd(data + i, static_cast<unsigned long long>(q));
-  }
-};
+// The deterministic backward uses FixedPointAdd (common/fixed_point.cuh).
 
 // One thread per grad element (k, c, ph, pw); grad may be strided.
 template <typename scalar_t, typename index_t, typename Accumulate>
@@ -207,19 +198,13 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   }
 
   // Deterministic path. Each (RoI, bin) adds at most max|grad| to any pixel, so
-  // |sum| <= K * PH * PW * max|grad|; the scale keeps that below 2^61 (no overflow).
-  // Everything stays on the device: no host sync.
-  const double bound = static_cast<double>(rois.size(0) * pooled_height * pooled_width);
-  at::Tensor max_abs = grad.abs().amax().to(at::kDouble);
-  at::Tensor scale =
-      at::exp2(61.0 - at::ceil(at::log2(max_abs.clamp_min(1e-300) * bound)));
-  at::Tensor fixed = at::zeros(sizes, grad.options().dtype(at::kLong));
+  // |sum| <= K * PH * PW * max|grad|.
+  FixedPointBuffer fixed(grad, static_cast<double>(rois.size(0) * pooled_height * pooled_width),
+                         sizes);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_align_backward_det_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const FixedPointAdd add{
-            reinterpret_cast<unsigned long long*>(fixed.mutable_data_ptr<int64_t>()),
-            scale.const_data_ptr<double>()};
+        const FixedPointAdd add = fixed.accumulator();
         CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
           roi_align_backward_kernel<scalar_t, index_t>
               <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
@@ -229,11 +214,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
-  // A non-finite upstream gradient makes the whole result NaN rather than silently wrong.
-  at::Tensor inv_scale = at::where(at::isfinite(max_abs), scale.reciprocal(),
-                                   at::full({}, std::numeric_limits<double>::quiet_NaN(),
-                                            max_abs.options()));
-  return (fixed.to(at::kDouble) * inv_scale).to(grad.scalar_type());
+  return fixed.result(grad.scalar_type());
 }
 
 }  // namespace

@@ -1,0 +1,69 @@
+// Helpers for the CPU kernels.
+#pragma once
+
+// CVOPS_TARGET_AVX2 compiles one function for AVX2+FMA without raising the build's minimum
+// CPU; call it only when cpu_has_avx2() says so (see bin_max in the RoI Pool CPU kernel).
+// CVOPS_HAS_AVX2_TARGET is 0 where that is unavailable, and only the baseline body exists.
+#if defined(__x86_64__) && defined(__GNUC__) && (!defined(__clang__) || __clang_major__ >= 9)
+#define CVOPS_HAS_AVX2_TARGET 1
+#define CVOPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define CVOPS_HAS_AVX2_TARGET 0
+#define CVOPS_TARGET_AVX2
+#endif
+
+#if defined(__GNUC__)
+#define CVOPS_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define CVOPS_ALWAYS_INLINE
+#endif
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+
+namespace cvops {
+
+// Whether the AVX2 bodies may run: the CPU has AVX2 and FMA, and the environment variable
+// CVOPS_DISABLE_AVX2 is unset or "0" (set it to test the baseline bodies). Read once.
+inline bool cpu_has_avx2() {
+#if CVOPS_HAS_AVX2_TARGET
+  static const bool ok = [] {
+    const char* off = std::getenv("CVOPS_DISABLE_AVX2");
+    if (off != nullptr && off[0] != '\0' && !(off[0] == '0' && off[1] == '\0')) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Like at::parallel_for, but threads take chunks of `grain` items from a shared counter
+// instead of one fixed slice each, so a thread that the OS deschedules (a loaded machine, an
+// uneven workload) does not hold up the others. f(begin, end) must not depend on which thread
+// runs it.
+template <typename F>
+void parallel_for_dynamic(int64_t n, int64_t grain, const F& f) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), (n + grain - 1) / grain);
+  if (threads <= 1 || at::in_parallel_region()) {
+    f(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t s = next.fetch_add(grain); s < n; s = next.fetch_add(grain)) {
+        f(s, std::min(n, s + grain));
+      }
+    }
+  });
+}
+
+}  // namespace cvops

@@ -1,0 +1,55 @@
+// Deterministic gradient accumulation on CUDA with fixed-point integer atomics, shared by
+// the backward kernels (RoI Align, RoI Pool).
+//
+// Each contribution is rounded to a fixed-point int64 (a power-of-two scale chosen from
+// max|grad| so that no sum can overflow) and added with integer atomics, which are
+// associative, so the result is bitwise identical in any order. Everything stays on the
+// device: no host sync.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace cvops {
+
+// Kernel-side accumulator: call as accumulate(index, value).
+struct FixedPointAdd {
+  unsigned long long* data;
+  const double* scale;
+  __device__ void operator()(int64_t i, double v) const {
+    const long long q = __double2ll_rn(v * *scale);
+    atomicAdd(data + i, static_cast<unsigned long long>(q));
+  }
+};
+
+// Host side: the int64 buffer and the device-resident scale.
+struct FixedPointBuffer {
+  at::Tensor fixed;    // int64, the shape of the result
+  at::Tensor scale;    // double scalar: fixed = round(value * scale)
+  at::Tensor max_abs;  // double scalar: max |grad|
+
+  // bound: the most contributions of magnitude <= max|grad| any one element can receive.
+  FixedPointBuffer(const at::Tensor& grad, double bound, at::IntArrayRef sizes) {
+    max_abs = grad.abs().amax().to(at::kDouble);
+    // |sum| <= bound * max|grad| < 2^61 (no overflow).
+    scale = at::exp2(61.0 - at::ceil(at::log2(max_abs.clamp_min(1e-300) * bound)));
+    fixed = at::zeros(sizes, grad.options().dtype(at::kLong));
+  }
+
+  FixedPointAdd accumulator() {
+    return FixedPointAdd{reinterpret_cast<unsigned long long*>(fixed.mutable_data_ptr<int64_t>()),
+                         scale.const_data_ptr<double>()};
+  }
+
+  // A non-finite upstream gradient makes the whole result NaN rather than silently wrong.
+  at::Tensor result(at::ScalarType dtype) const {
+    at::Tensor inv_scale = at::where(at::isfinite(max_abs), scale.reciprocal(),
+                                     at::full({}, std::numeric_limits<double>::quiet_NaN(),
+                                              max_abs.options()));
+    return (fixed.to(at::kDouble) * inv_scale).to(dtype);
+  }
+};
+
+}  // namespace cvops
