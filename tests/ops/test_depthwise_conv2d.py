@@ -25,8 +25,16 @@ def _reference(x, w, b, stride, padding, dilation):
 
 
 def check_against_conv2d(
-    shape, kernel, stride, padding, dilation, mult=1, bias=True, dtype=torch.float64,
-    device="cpu", channels_last=False,
+    shape,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    mult=1,
+    bias=True,
+    dtype=torch.float64,
+    device="cpu",
+    channels_last=False,
 ):
     n, c, h, w_ = shape
     x = torch.randn(shape, dtype=dtype, device=device)
@@ -90,7 +98,14 @@ def test_low_precision_dtypes(device, dtype, stride):
 @pytest.mark.parametrize("kernel,stride", [((3, 3), 1), ((5, 5), 2), ((3, 2), 3)])
 def test_channels_last(device, kernel, stride):
     check_against_conv2d(
-        (2, 16, 9, 11), kernel, (stride, stride), (1, 1), (1, 1), 1, True, device=device,
+        (2, 16, 9, 11),
+        kernel,
+        (stride, stride),
+        (1, 1),
+        (1, 1),
+        1,
+        True,
+        device=device,
         channels_last=True,
     )
 
@@ -98,10 +113,12 @@ def test_channels_last(device, kernel, stride):
 @pytest.mark.parametrize("device", devices())
 def test_wide_plane_and_large_batch(device):
     # rows longer than several vector widths and many (batch, channel) planes
-    check_against_conv2d((5, 3, 6, 67), (3, 3), (1, 1), (1, 1), (1, 1), dtype=torch.float32,
-                         device=device)
-    check_against_conv2d((1, 40, 5, 5), (3, 3), (1, 1), (1, 1), (1, 1), dtype=torch.float32,
-                         device=device)
+    check_against_conv2d(
+        (5, 3, 6, 67), (3, 3), (1, 1), (1, 1), (1, 1), dtype=torch.float32, device=device
+    )
+    check_against_conv2d(
+        (1, 40, 5, 5), (3, 3), (1, 1), (1, 1), (1, 1), dtype=torch.float32, device=device
+    )
 
 
 @pytest.mark.parametrize("device", devices())
@@ -133,7 +150,6 @@ def test_backward_is_deterministic(device):
 
 def test_thread_count_does_not_change_the_weight_gradient():
     x = torch.randn(6, 8, 15, 15)
-    w = torch.randn(8, 1, 3, 3)
     g = torch.randn(6, 8, 15, 15)
     before = torch.get_num_threads()
     results = []
@@ -158,7 +174,9 @@ def test_module_matches_nn_conv2d_state_dict(mult, bias):
     conv = nn.Conv2d(6, 6 * mult, 3, stride=2, padding=1, groups=6, bias=bias)
     layer = DepthwiseConv2d(6, 3, stride=2, padding=1, bias=bias, channel_multiplier=mult)
     sd = conv.state_dict()
-    assert {k: v.shape for k, v in layer.state_dict().items()} == {k: v.shape for k, v in sd.items()}
+    assert {k: v.shape for k, v in layer.state_dict().items()} == {
+        k: v.shape for k, v in sd.items()
+    }
     layer.load_state_dict(sd, strict=True)
     x = torch.randn(2, 6, 10, 10)
     torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)

@@ -41,10 +41,19 @@ def _args(**over):
         (dict(bias=torch.randn(4).double()), TypeError, "same dtype"),
         (dict(bias=torch.randn(5)), ValueError, "bias of shape"),
         (dict(bias=[1.0]), TypeError, "bias must be a Tensor"),
-        (dict(input=torch.ones(2, 4, 8, 8, dtype=torch.long),
-              weight=torch.ones(4, 1, 3, 3, dtype=torch.long)), TypeError, "floating-point"),
-        (dict(input=torch.randn(2, 0, 8, 8), weight=torch.randn(0, 1, 3, 3)), ValueError,
-         "at least one channel"),
+        (
+            dict(
+                input=torch.ones(2, 4, 8, 8, dtype=torch.long),
+                weight=torch.ones(4, 1, 3, 3, dtype=torch.long),
+            ),
+            TypeError,
+            "floating-point",
+        ),
+        (
+            dict(input=torch.randn(2, 0, 8, 8), weight=torch.randn(0, 1, 3, 3)),
+            ValueError,
+            "at least one channel",
+        ),
         (dict(input=[1.0]), TypeError, "input must be a Tensor"),
         (dict(weight=None), TypeError, "weight must be a Tensor"),
     ],
@@ -69,8 +78,10 @@ def test_backward_ops_check_their_arguments():
     with pytest.raises(ValueError, match="stride must be positive"):
         ops._depthwise_conv2d_backward_input(g, w, 2, 4, 8, 8, [0, 1], [1, 1], [1, 1])
     with pytest.raises(ValueError, match="expected grad of shape"):
-        ops._depthwise_conv2d_backward_weight(g, torch.randn(2, 4, 9, 9), 3, 3, [1, 1], [1, 1],
-                                              [1, 1])
+        ops._depthwise_conv2d_backward_weight(
+            g, torch.randn(2, 4, 9, 9), 3, 3, [1, 1], [1, 1], [1, 1]
+        )
     with pytest.raises(TypeError, match="same dtype"):
-        ops._depthwise_conv2d_backward_weight(g.double(), torch.randn(2, 4, 8, 8), 3, 3, [1, 1],
-                                              [1, 1], [1, 1])
+        ops._depthwise_conv2d_backward_weight(
+            g.double(), torch.randn(2, 4, 8, 8), 3, 3, [1, 1], [1, 1], [1, 1]
+        )

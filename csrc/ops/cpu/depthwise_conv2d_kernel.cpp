@@ -270,9 +270,10 @@ PhaseLayout input_layout(const DepthwiseParams& p) {
   return {p.stride_h, p.stride_w, phase_length(hp, p.stride_h), phase_length(wp, p.stride_w)};
 }
 
+// Writes plane x into the data positions of q. The padding positions are the same for every
+// plane: q is zeroed once per thread and they stay zero.
 template <typename scalar_t, typename acc_t>
 void fill_padded(acc_t* q, const scalar_t* x, const DepthwiseParams& p, const PhaseLayout& lay) {
-  std::fill(q, q + lay.numel(), acc_t(0));
   const int64_t s = p.stride_w;
   for (int64_t ih = 0; ih < p.height; ++ih) {
     const scalar_t* xr = x + ih * p.width;
@@ -281,7 +282,12 @@ void fill_padded(acc_t* q, const scalar_t* x, const DepthwiseParams& p, const Ph
       const int64_t iw0 = ((r - p.pad_w) % s + s) % s;  // first column of phase r
       if (iw0 >= p.width) continue;
       acc_t* qr = q + lay.at(R, iw0 + p.pad_w);
-      for (int64_t iw = iw0, j = 0; iw < p.width; iw += s, ++j) qr[j] = static_cast<acc_t>(xr[iw]);
+      if (s == 1) {
+        for (int64_t iw = 0; iw < p.width; ++iw) qr[iw] = static_cast<acc_t>(xr[iw]);
+      } else {
+        for (int64_t iw = iw0, j = 0; iw < p.width; iw += s, ++j)
+          qr[j] = static_cast<acc_t>(xr[iw]);
+      }
     }
   }
 }
@@ -293,6 +299,13 @@ std::vector<int64_t> tap_offsets(const DepthwiseParams& p, const PhaseLayout& la
     for (int64_t kw = 0; kw < p.kernel_w; ++kw)
       off[kh * p.kernel_w + kw] = lay.at(kh * p.dil_h, kw * p.dil_w);
   return off;
+}
+
+// Planes per parallel task: enough multiply-adds that a thread's share is worth waking it.
+int64_t grain_size(const DepthwiseParams& p) {
+  const int64_t work = std::max<int64_t>(
+      1, p.out_h * p.out_w * p.kernel_h * p.kernel_w * p.multiplier);
+  return std::max<int64_t>(1, (int64_t(1) << 15) / work);
 }
 
 // Number of flattened outputs (rows of lay.cols, the last one only out_w long).
@@ -319,7 +332,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const int64_t in_plane = p.height * p.width, out_plane = OH * OW;
 
-  at::parallel_for(0, p.batch * p.channels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> q(lay.numel());
     std::vector<acc_t> flat(E);
     std::vector<Tap<acc_t>> taps(KK);
@@ -423,13 +436,13 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
   scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
   const int64_t out_plane = OH * OW, in_plane = H * W;
 
-  at::parallel_for(0, p.batch * p.channels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gpad(M * gplane);
     std::vector<acc_t> flat(lay.rows * gcols);
     std::vector<Tap<acc_t>> taps(M * KK);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t ci = task % p.channels;
-      std::fill(gpad.begin(), gpad.end(), acc_t(0));
+      // (gpad's margins are never written: zeroed once, at allocation)
       for (int64_t m = 0; m < M; ++m) {
         const scalar_t* gp = g + (task * M + m) * out_plane;
         for (int64_t oh = 0; oh < OH; ++oh) {
@@ -500,7 +513,7 @@ void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::T
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   acc_t* part = partial.mutable_data_ptr<acc_t>();  // [N * C_out][KK + 1]: taps, then bias
 
-  at::parallel_for(0, p.batch * p.channels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> q(lay.numel());
     std::vector<acc_t> gflat(E, acc_t(0));  // gap columns stay zero
     for (int64_t task = begin; task < end; ++task) {

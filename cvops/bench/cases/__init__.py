@@ -1,3 +1,6 @@
 """Benchmark cases, one module per op family; importing a module registers its cases."""
 
-from . import roi_align  # noqa: F401
+from . import (
+    depthwise_conv2d,  # noqa: F401
+    roi_align,  # noqa: F401
+)
