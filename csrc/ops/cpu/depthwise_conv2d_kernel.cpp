@@ -305,7 +305,7 @@ std::vector<int64_t> tap_offsets(const DepthwiseParams& p, const PhaseLayout& la
 int64_t grain_size(const DepthwiseParams& p) {
   const int64_t work = std::max<int64_t>(
       1, p.out_h * p.out_w * p.kernel_h * p.kernel_w * p.multiplier);
-  return std::max<int64_t>(1, (int64_t(1) << 15) / work);
+  return std::max<int64_t>(1, (int64_t(1) << 22) / work);
 }
 
 // Number of flattened outputs (rows of lay.cols, the last one only out_w long).
@@ -546,7 +546,9 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cpu(
                                                       padding, dilation);
   const int64_t C_out = p.out_channels(), KK = kernel_h * kernel_w;
   const auto acc_type = at::toOpMathType(input.scalar_type());
-  at::Tensor partial = at::zeros({p.batch, C_out, KK + 1}, input.options().dtype(acc_type));
+  // Every slot is written by the kernel (no fill: under load, even a parallel fill of a
+  // small buffer can wait milliseconds for a descheduled thread).
+  at::Tensor partial = at::empty({p.batch, C_out, KK + 1}, input.options().dtype(acc_type));
   if (p.batch > 0) {
     at::Tensor g = grad.contiguous();
     at::Tensor x = input.contiguous();
