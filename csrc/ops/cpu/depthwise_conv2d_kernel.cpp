@@ -44,7 +44,13 @@ using namespace depthwise_math;
 // compiled without -mavx2 gets the generic emulation, measured slower here.)
 // ---------------------------------------------------------------------------------------
 
-constexpr int kChunk = 9;  // taps summed per pass
+constexpr int kChunk = 9;      // taps summed per pass of the row kernel
+constexpr int kDotChunk = 10;  // taps (accumulators) per pass of the dot kernel
+
+// Row lengths are rounded up to a multiple of kRound (no scalar tail: the extra outputs are
+// discarded) and every buffer that is read at an offset gets kRound elements of slack.
+constexpr int64_t kRound = 8;
+inline int64_t round_up(int64_t n) { return (n + kRound - 1) / kRound * kRound; }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define CVOPS_DW_HAS_AVX2_CLONE 1
@@ -197,6 +203,7 @@ inline void fused_dot(acc_t* out, const acc_t* g, const acc_t* const* src, int64
     case 7: CALL(7); break;               \
     case 8: CALL(8); break;               \
     case 9: CALL(9); break;               \
+    case 10: CALL(10); break;             \
     default: TORCH_INTERNAL_ASSERT(false, "bad tap count ", COUNT); \
   }
 
@@ -218,6 +225,7 @@ void sum_taps(acc_t* dst, const acc_t* base, const Tap<acc_t>* taps, int64_t cou
   acc_t w[kChunk];
   for (int64_t t0 = 0; t0 < count; t0 += kChunk) {
     const int c = static_cast<int>(std::min<int64_t>(kChunk, count - t0));
+    TORCH_INTERNAL_ASSERT(c <= kChunk);
     for (int t = 0; t < c; ++t) {
       src[t] = base + taps[t0 + t].offset;
       w[t] = taps[t0 + t].weight;
@@ -238,9 +246,9 @@ void sum_taps(acc_t* dst, const acc_t* base, const Tap<acc_t>* taps, int64_t cou
 template <typename acc_t>
 void dot_taps(acc_t* out, const acc_t* g, const acc_t* base, const int64_t* offsets,
               int64_t count, int64_t n) {
-  const acc_t* src[kChunk];
-  for (int64_t t0 = 0; t0 < count; t0 += kChunk) {
-    const int c = static_cast<int>(std::min<int64_t>(kChunk, count - t0));
+  const acc_t* src[kDotChunk];
+  for (int64_t t0 = 0; t0 < count; t0 += kDotChunk) {
+    const int c = static_cast<int>(std::min<int64_t>(kDotChunk, count - t0));
     for (int t = 0; t < c; ++t) src[t] = base + offsets[t0 + t];
 #define CVOPS_DW_CALL(T) fused_dot<T, acc_t>(out + t0, g, src, n)
     CVOPS_DW_SWITCH_TAPS(c, CVOPS_DW_CALL)
@@ -324,7 +332,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
   using acc_t = at::opmath_type<scalar_t>;
   const PhaseLayout lay = input_layout(p);
   const int64_t KK = p.kernel_h * p.kernel_w, M = p.multiplier, OH = p.out_h, OW = p.out_w;
-  const int64_t E = flat_outputs(p, lay);
+  const int64_t E = round_up(flat_outputs(p, lay));
   const std::vector<int64_t> offsets = tap_offsets(p, lay);
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
@@ -333,7 +341,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
   const int64_t in_plane = p.height * p.width, out_plane = OH * OW;
 
   at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q(lay.numel());
+    std::vector<acc_t> q(lay.numel() + kRound);
     std::vector<acc_t> flat(E);
     std::vector<Tap<acc_t>> taps(KK);
     for (int64_t task = begin; task < end; ++task) {
@@ -437,8 +445,8 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
   const int64_t out_plane = OH * OW, in_plane = H * W;
 
   at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> gpad(M * gplane);
-    std::vector<acc_t> flat(lay.rows * gcols);
+    std::vector<acc_t> gpad(M * gplane + kRound);
+    std::vector<acc_t> flat(round_up(lay.rows * gcols));
     std::vector<Tap<acc_t>> taps(M * KK);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t ci = task % p.channels;
@@ -457,7 +465,8 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
           taps[t] = {ph.offsets[t],
                      static_cast<acc_t>(w[(ci * M + ph.channel[t]) * KK + ph.weight_index[t]])};
         // Flattened (I, J) range [i0 * gcols + j0, i1 * gcols + j1].
-        const int64_t e0 = ph.i0 * gcols + ph.j0, n = (ph.i1 - ph.i0) * gcols + ph.j1 - ph.j0 + 1;
+        const int64_t e0 = ph.i0 * gcols + ph.j0;
+        const int64_t n = round_up((ph.i1 - ph.i0) * gcols + ph.j1 - ph.j0 + 1);
         sum_taps(flat.data(), gpad.data() + e0, taps.data(), count, acc_t(0), n);
         for (int64_t I = ph.i0; I <= ph.i1; ++I) {
           const int64_t ih = I * sh + ph.rh - p.pad_h;
@@ -506,34 +515,31 @@ void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::T
   using acc_t = at::opmath_type<scalar_t>;
   const PhaseLayout lay = input_layout(p);
   const int64_t KK = p.kernel_h * p.kernel_w, M = p.multiplier, OH = p.out_h, OW = p.out_w;
-  const int64_t E = flat_outputs(p, lay);
-  const std::vector<int64_t> offsets = tap_offsets(p, lay);
+  const int64_t E = round_up(flat_outputs(p, lay));
+  // The bias gradient is one more "tap": a dot product with ones, stored after the slack.
+  std::vector<int64_t> offsets = tap_offsets(p, lay);
+  const int64_t ones_at = lay.numel() + kRound;
+  offsets.push_back(ones_at);
   const int64_t in_plane = p.height * p.width, out_plane = OH * OW;
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   acc_t* part = partial.mutable_data_ptr<acc_t>();  // [N * C_out][KK + 1]: taps, then bias
 
   at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q(lay.numel());
-    std::vector<acc_t> gflat(E, acc_t(0));  // gap columns stay zero
+    std::vector<acc_t> q(ones_at + E, acc_t(0));
+    std::fill(q.begin() + ones_at, q.end(), acc_t(1));
+    std::vector<acc_t> gflat(E, acc_t(0));  // gap columns and the rounding stay zero
     for (int64_t task = begin; task < end; ++task) {
       fill_padded(q.data(), x + task * in_plane, p, lay);
       for (int64_t m = 0; m < M; ++m) {
         const scalar_t* gp = g + (task * M + m) * out_plane;
-        acc_t bias_sum = 0;
         for (int64_t oh = 0; oh < OH; ++oh) {
           acc_t* dst = gflat.data() + oh * lay.cols;
-          acc_t row_sum = 0;
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            dst[ow] = static_cast<acc_t>(gp[oh * OW + ow]);
-            row_sum += dst[ow];
-          }
-          bias_sum += row_sum;
+          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(gp[oh * OW + ow]);
         }
         acc_t* out = part + (task * M + m) * (KK + 1);
-        std::fill(out, out + KK, acc_t(0));
-        dot_taps(out, gflat.data(), q.data(), offsets.data(), KK, E);
-        out[KK] = bias_sum;
+        std::fill(out, out + KK + 1, acc_t(0));
+        dot_taps(out, gflat.data(), q.data(), offsets.data(), KK + 1, E);
       }
     }
   });
