@@ -218,3 +218,13 @@ def test_module_rejects_bad_arguments():
         DepthwiseConv2d(0, 3)
     with pytest.raises(ValueError, match="depthwise"):
         DepthwiseConv2d.from_conv2d(nn.Conv2d(4, 4, 3))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_non_contiguous_inputs(device):
+    x = torch.randn(2, 6, 10, 12, dtype=torch.float64, device=device)[:, ::2, :, 1:-1]
+    w = torch.randn(3, 1, 6, 3, dtype=torch.float64, device=device)[:, :, ::2, :]
+    b = torch.randn(6, dtype=torch.float64, device=device)[::2]
+    assert not (x.is_contiguous() or w.is_contiguous() or b.is_contiguous())
+    ref = F.conv2d(x, w, b, 1, 1, 1, 3)
+    torch.testing.assert_close(cvops.depthwise_conv2d(x, w, b, 1, 1), ref)
