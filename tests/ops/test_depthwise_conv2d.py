@@ -228,3 +228,14 @@ def test_non_contiguous_inputs(device):
     assert not (x.is_contiguous() or w.is_contiguous() or b.is_contiguous())
     ref = F.conv2d(x, w, b, 1, 1, 1, 3)
     torch.testing.assert_close(cvops.depthwise_conv2d(x, w, b, 1, 1), ref)
+
+
+def test_module_fuses_with_batchnorm():
+    layer = DepthwiseConv2d(4, 3, padding=1).eval()
+    bn = nn.BatchNorm2d(4).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    fused = torch.nn.utils.fuse_conv_bn_eval(layer, bn)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), bn(layer(x)), rtol=1e-5, atol=1e-5)
