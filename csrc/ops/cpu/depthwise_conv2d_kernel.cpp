@@ -1,27 +1,26 @@
 // Depthwise 2-D convolution CPU kernels: forward, input gradient and weight/bias gradient.
 //
-// Every kernel works plane by plane, parallel over (batch, input channel) planes. A plane is
-// first copied (in the op-math type) into a zero-padded buffer whose columns are split by
-// stride phase (see ops/depthwise_conv2d.h), so that for any stride, dilation and padding
-// each kernel tap of an output row is a contiguous, unit-stride row segment with no bounds
-// checks. An output row is then a sum of `taps` scaled rows, which the fused row kernels
-// below compute with at::vec::Vectorized, up to kChunk taps per pass held in registers
-// (a 3x3 kernel is one pass, a 5x5 three, a 7x7 six). The compile-time tap counts are the
-// specialised fast paths; any kernel size goes through the same chunks.
+// Every kernel works plane by plane, parallel over (image, input channel) planes. A plane is
+// first copied (in the op-math type) into a zero-padded buffer split by stride phase in both
+// directions (see PhaseLayout below), so that for any stride, dilation and padding every
+// kernel tap of every output of the plane reads one contiguous range at a constant offset:
+// a plane's output is one flattened row, a weighted sum of kH * kW shifted ranges. The row
+// kernels sum up to 9 taps per pass in registers (a 3x3 kernel is one pass, 5x5 three, 7x7
+// six); their compile-time tap counts are the specialised fast paths, and any kernel size,
+// stride, dilation and padding runs the same code. The input gradient is the same sum in
+// gather form over the phases of the padded input; the weight and bias gradients are dot
+// products of the output gradient with the shifted ranges.
 //
-// The weight gradient is a per-plane correlation: each task writes its own partial sums
-// (per batch image), which are then added over the batch in index order, so the result is
-// deterministic and independent of the thread count. Channels-last input is computed through
-// an NCHW copy and the output is returned in the input's memory format.
+// The weight gradient is reduced deterministically: one partial per (image, channel), summed
+// over the batch in index order, whatever the thread count. Channels-last input is computed
+// through an NCHW copy and the result is returned in the input's memory format.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
 #include "ops/depthwise_conv2d.h"
