@@ -277,24 +277,44 @@ PhaseLayout input_layout(const DepthwiseParams& p) {
   return {p.stride_h, p.stride_w, phase_length(hp, p.stride_h), phase_length(wp, p.stride_w)};
 }
 
-// Writes plane x into the data positions of q. The padding positions are the same for every
-// plane: q is zeroed once per thread and they stay zero.
-template <typename scalar_t, typename acc_t>
-void fill_padded(acc_t* q, const scalar_t* x, const DepthwiseParams& p, const PhaseLayout& lay) {
+// Where each input row segment goes in the padded layout: computed once per call (the index
+// math has divisions), used for every plane.
+struct RowCopy {
+  int64_t src;    // first source element in the plane
+  int64_t dst;    // first destination element in the padded buffer
+  int64_t count;  // elements, source stride stride_w, destination stride 1
+};
+
+std::vector<RowCopy> padded_copies(const DepthwiseParams& p, const PhaseLayout& lay) {
+  std::vector<RowCopy> copies;
   const int64_t s = p.stride_w;
   for (int64_t ih = 0; ih < p.height; ++ih) {
-    const scalar_t* xr = x + ih * p.width;
-    const int64_t R = ih + p.pad_h;
     for (int64_t r = 0; r < s; ++r) {
       const int64_t iw0 = ((r - p.pad_w) % s + s) % s;  // first column of phase r
       if (iw0 >= p.width) continue;
-      acc_t* qr = q + lay.at(R, iw0 + p.pad_w);
-      if (s == 1) {
-        for (int64_t iw = 0; iw < p.width; ++iw) qr[iw] = static_cast<acc_t>(xr[iw]);
-      } else {
-        for (int64_t iw = iw0, j = 0; iw < p.width; iw += s, ++j)
-          qr[j] = static_cast<acc_t>(xr[iw]);
-      }
+      copies.push_back({ih * p.width + iw0, lay.at(ih + p.pad_h, iw0 + p.pad_w),
+                        (p.width - 1 - iw0) / s + 1});
+    }
+  }
+  return copies;
+}
+
+// Writes plane x into the data positions of q. The padding positions are the same for every
+// plane: q is zeroed once per thread and they stay zero.
+template <typename scalar_t, typename acc_t>
+void fill_padded(acc_t* __restrict q, const scalar_t* __restrict x,
+                 const std::vector<RowCopy>& copies, int64_t stride_w) {
+  if (stride_w == 1) {
+    for (const RowCopy& c : copies) {
+      acc_t* __restrict dst = q + c.dst;
+      const scalar_t* __restrict src = x + c.src;
+      for (int64_t i = 0; i < c.count; ++i) dst[i] = static_cast<acc_t>(src[i]);
+    }
+  } else {
+    for (const RowCopy& c : copies) {
+      acc_t* __restrict dst = q + c.dst;
+      const scalar_t* __restrict src = x + c.src;
+      for (int64_t i = 0; i < c.count; ++i) dst[i] = static_cast<acc_t>(src[i * stride_w]);
     }
   }
 }
@@ -333,6 +353,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
   const int64_t KK = p.kernel_h * p.kernel_w, M = p.multiplier, OH = p.out_h, OW = p.out_w;
   const int64_t E = round_up(flat_outputs(p, lay));
   const std::vector<int64_t> offsets = tap_offsets(p, lay);
+  const std::vector<RowCopy> copies = padded_copies(p, lay);
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
@@ -345,7 +366,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
     std::vector<Tap<acc_t>> taps(KK);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t ci = task % p.channels;
-      fill_padded(q.data(), x + task * in_plane, p, lay);
+      fill_padded(q.data(), x + task * in_plane, copies, p.stride_w);
       for (int64_t m = 0; m < M; ++m) {
         const int64_t co = ci * M + m;
         for (int64_t t = 0; t < KK; ++t)
@@ -354,8 +375,8 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
         sum_taps(flat.data(), q.data(), taps.data(), KK, init, E);
         scalar_t* o = out + (task * M + m) * out_plane;  // task * M + m == n * C_out + co
         for (int64_t oh = 0; oh < OH; ++oh) {
-          const acc_t* src = flat.data() + oh * lay.cols;
-          scalar_t* dst = o + oh * OW;
+          const acc_t* __restrict src = flat.data() + oh * lay.cols;
+          scalar_t* __restrict dst = o + oh * OW;
           for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<scalar_t>(src[ow]);
         }
       }
@@ -453,8 +474,9 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
       for (int64_t m = 0; m < M; ++m) {
         const scalar_t* gp = g + (task * M + m) * out_plane;
         for (int64_t oh = 0; oh < OH; ++oh) {
-          acc_t* dst = gpad.data() + m * gplane + (oh + mh) * gcols + mw;
-          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(gp[oh * OW + ow]);
+          acc_t* __restrict dst = gpad.data() + m * gplane + (oh + mh) * gcols + mw;
+          const scalar_t* __restrict src = gp + oh * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(src[ow]);
         }
       }
       scalar_t* gip = gi + task * in_plane;
@@ -472,8 +494,9 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
           const acc_t* src = flat.data() + (I - ph.i0) * gcols - ph.j0;
           scalar_t* dst = gip + ih * W;
           if (sw == 1) {
-            for (int64_t J = ph.j0; J <= ph.j1; ++J)
-              dst[J - p.pad_w] = static_cast<scalar_t>(src[J]);
+            const acc_t* __restrict s1 = src + ph.j0;
+            scalar_t* __restrict d1 = dst + ph.j0 - p.pad_w;
+            for (int64_t j = 0; j <= ph.j1 - ph.j0; ++j) d1[j] = static_cast<scalar_t>(s1[j]);
           } else {
             for (int64_t J = ph.j0; J <= ph.j1; ++J)
               dst[J * sw + ph.rw - p.pad_w] = static_cast<scalar_t>(src[J]);
@@ -519,6 +542,7 @@ void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::T
   std::vector<int64_t> offsets = tap_offsets(p, lay);
   const int64_t ones_at = lay.numel() + kRound;
   offsets.push_back(ones_at);
+  const std::vector<RowCopy> copies = padded_copies(p, lay);
   const int64_t in_plane = p.height * p.width, out_plane = OH * OW;
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
@@ -529,12 +553,13 @@ void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::T
     std::fill(q.begin() + ones_at, q.end(), acc_t(1));
     std::vector<acc_t> gflat(E, acc_t(0));  // gap columns and the rounding stay zero
     for (int64_t task = begin; task < end; ++task) {
-      fill_padded(q.data(), x + task * in_plane, p, lay);
+      fill_padded(q.data(), x + task * in_plane, copies, p.stride_w);
       for (int64_t m = 0; m < M; ++m) {
         const scalar_t* gp = g + (task * M + m) * out_plane;
         for (int64_t oh = 0; oh < OH; ++oh) {
-          acc_t* dst = gflat.data() + oh * lay.cols;
-          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(gp[oh * OW + ow]);
+          acc_t* __restrict dst = gflat.data() + oh * lay.cols;
+          const scalar_t* __restrict src = gp + oh * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(src[ow]);
         }
         acc_t* out = part + (task * M + m) * (KK + 1);
         std::fill(out, out + KK + 1, acc_t(0));
