@@ -106,7 +106,8 @@ struct VecOf {
     dst[i] = acc;                                                                   \
   }
 
-// out[t] += sum_i g[i] * src[t][i], i in [0, n).
+// lanes[t * L + l] += the products g[i] * src[t][i] with i = l (mod L), i in [0, n): the
+// per-lane partial sums stay in memory between calls (one horizontal sum at the very end).
 #define CVOPS_DW_FUSED_DOT_BODY                                                     \
   using V = typename VecOf<acc_t>::type;                                            \
   using U = typename VecOf<acc_t>::unaligned;                                       \
@@ -115,7 +116,7 @@ struct VecOf {
   V acc[T];                                                                         \
   for (int t = 0; t < T; ++t) {                                                     \
     p[t] = src[t];                                                                  \
-    acc[t] = V{};                                                                   \
+    acc[t] = *reinterpret_cast<const U*>(lanes + t * L);                            \
   }                                                                                 \
   int64_t i = 0;                                                                    \
   for (; i + L <= n; i += L) {                                                      \
@@ -123,10 +124,8 @@ struct VecOf {
     for (int t = 0; t < T; ++t) acc[t] += gv * V(*reinterpret_cast<const U*>(p[t] + i)); \
   }                                                                                 \
   for (int t = 0; t < T; ++t) {                                                     \
-    acc_t sum = 0;                                                                  \
-    for (int64_t l = 0; l < L; ++l) sum += acc[t][l];                               \
-    for (int64_t j = i; j < n; ++j) sum += g[j] * p[t][j];                          \
-    out[t] += sum;                                                                  \
+    for (int64_t j = i; j < n; ++j) acc[t][j - i] += g[j] * p[t][j];                \
+    *reinterpret_cast<U*>(lanes + t * L) = acc[t];                                  \
   }
 
 #if CVOPS_DW_VEC_LOOPS
@@ -143,12 +142,13 @@ CVOPS_DW_TARGET_AVX2 void fused_row_avx2(acc_t* __restrict dst, const acc_t* con
 }
 
 template <int T, typename acc_t>
-void fused_dot_base(acc_t* out, const acc_t* __restrict g, const acc_t* const* src, int64_t n) {
+void fused_dot_base(acc_t* lanes, const acc_t* __restrict g, const acc_t* const* src,
+                    int64_t n) {
   CVOPS_DW_FUSED_DOT_BODY
 }
 
 template <int T, typename acc_t>
-CVOPS_DW_TARGET_AVX2 void fused_dot_avx2(acc_t* out, const acc_t* __restrict g,
+CVOPS_DW_TARGET_AVX2 void fused_dot_avx2(acc_t* lanes, const acc_t* __restrict g,
                                          const acc_t* const* src, int64_t n) {
   CVOPS_DW_FUSED_DOT_BODY
 }
@@ -163,12 +163,10 @@ void fused_row_base(acc_t* dst, const acc_t* const* src, const acc_t* w, acc_t i
   }
 }
 template <int T, typename acc_t>
-void fused_dot_base(acc_t* out, const acc_t* g, const acc_t* const* src, int64_t n) {
-  for (int t = 0; t < T; ++t) {
-    acc_t sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += g[i] * src[t][i];
-    out[t] += sum;
-  }
+void fused_dot_base(acc_t* lanes, const acc_t* g, const acc_t* const* src, int64_t n) {
+  constexpr int64_t L = VecOf<acc_t>::kLanes;
+  for (int t = 0; t < T; ++t)
+    for (int64_t i = 0; i < n; ++i) lanes[t * L + i % L] += g[i] * src[t][i];
 }
 #define fused_row_avx2 fused_row_base
 #define fused_dot_avx2 fused_dot_base
@@ -184,11 +182,11 @@ inline void fused_row(acc_t* dst, const acc_t* const* src, const acc_t* w, acc_t
 }
 
 template <int T, typename acc_t>
-inline void fused_dot(acc_t* out, const acc_t* g, const acc_t* const* src, int64_t n) {
+inline void fused_dot(acc_t* lanes, const acc_t* g, const acc_t* const* src, int64_t n) {
   if (cpu_has_avx2())
-    fused_dot_avx2<T, acc_t>(out, g, src, n);
+    fused_dot_avx2<T, acc_t>(lanes, g, src, n);
   else
-    fused_dot_base<T, acc_t>(out, g, src, n);
+    fused_dot_base<T, acc_t>(lanes, g, src, n);
 }
 
 #define CVOPS_DW_SWITCH_TAPS(COUNT, CALL) \
@@ -241,15 +239,17 @@ void sum_taps(acc_t* dst, const acc_t* base, const Tap<acc_t>* taps, int64_t cou
   }
 }
 
-// out[t] += sum_i g[i] * base[offset_t + i] for every tap, kChunk taps per pass.
+// Adds g[i] * base[offset_t + i] for every tap t to its lane sums lanes[t * L, (t + 1) * L),
+// kDotChunk taps per pass.
 template <typename acc_t>
-void dot_taps(acc_t* out, const acc_t* g, const acc_t* base, const int64_t* offsets,
+void dot_taps(acc_t* lanes, const acc_t* g, const acc_t* base, const int64_t* offsets,
               int64_t count, int64_t n) {
+  constexpr int64_t L = VecOf<acc_t>::kLanes;
   const acc_t* src[kDotChunk];
   for (int64_t t0 = 0; t0 < count; t0 += kDotChunk) {
     const int c = static_cast<int>(std::min<int64_t>(kDotChunk, count - t0));
     for (int t = 0; t < c; ++t) src[t] = base + offsets[t0 + t];
-#define CVOPS_DW_CALL(T) fused_dot<T, acc_t>(out + t0, g, src, n)
+#define CVOPS_DW_CALL(T) fused_dot<T, acc_t>(lanes + t0 * L, g, src, n)
     CVOPS_DW_SWITCH_TAPS(c, CVOPS_DW_CALL)
 #undef CVOPS_DW_CALL
   }
@@ -528,43 +528,57 @@ at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at:
 // ---------------------------------------------------------------------------------------
 // Weight and bias gradient: gw[co][tap] = sum over n of the dot product of grad[n][co]
 // (flattened like the forward's outputs, zeros in the gap columns) with the tap's range
-// of the padded input plane. One partial per (n, co), summed over n in index order.
+// of the padded input plane; the bias is one more tap, a dot product with ones. One task per
+// input channel visits the images in index order and keeps per-lane partial sums until the
+// end: the result is deterministic and independent of the thread count.
 // ---------------------------------------------------------------------------------------
 
 template <typename scalar_t>
-void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::Tensor& partial,
+void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::Tensor& result,
                           const DepthwiseParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t L = VecOf<acc_t>::kLanes;
   const PhaseLayout lay = input_layout(p);
   const int64_t KK = p.kernel_h * p.kernel_w, M = p.multiplier, OH = p.out_h, OW = p.out_w;
+  const int64_t C = p.channels, taps = KK + 1;
   const int64_t E = round_up(flat_outputs(p, lay));
-  // The bias gradient is one more "tap": a dot product with ones, stored after the slack.
   std::vector<int64_t> offsets = tap_offsets(p, lay);
-  const int64_t ones_at = lay.numel() + kRound;
+  const int64_t ones_at = lay.numel() + kRound;  // the ones, after the slack
   offsets.push_back(ones_at);
   const std::vector<RowCopy> copies = padded_copies(p, lay);
   const int64_t in_plane = p.height * p.width, out_plane = OH * OW;
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
-  acc_t* part = partial.mutable_data_ptr<acc_t>();  // [N * C_out][KK + 1]: taps, then bias
+  acc_t* res = result.mutable_data_ptr<acc_t>();  // [C_out][KK + 1]: taps, then bias
+  const int64_t work = std::max<int64_t>(1, p.batch * OH * OW * KK * M);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 22) / work);
 
-  at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, C, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> q(ones_at + E, acc_t(0));
     std::fill(q.begin() + ones_at, q.end(), acc_t(1));
     std::vector<acc_t> gflat(E, acc_t(0));  // gap columns and the rounding stay zero
-    for (int64_t task = begin; task < end; ++task) {
-      fill_padded(q.data(), x + task * in_plane, copies, p.stride_w);
-      for (int64_t m = 0; m < M; ++m) {
-        const scalar_t* gp = g + (task * M + m) * out_plane;
-        for (int64_t oh = 0; oh < OH; ++oh) {
-          acc_t* __restrict dst = gflat.data() + oh * lay.cols;
-          const scalar_t* __restrict src = gp + oh * OW;
-          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(src[ow]);
+    std::vector<acc_t> lanes(M * taps * L);
+    for (int64_t ci = begin; ci < end; ++ci) {
+      std::fill(lanes.begin(), lanes.end(), acc_t(0));
+      for (int64_t n = 0; n < p.batch; ++n) {
+        fill_padded(q.data(), x + (n * C + ci) * in_plane, copies, p.stride_w);
+        for (int64_t m = 0; m < M; ++m) {
+          const scalar_t* gp = g + ((n * C + ci) * M + m) * out_plane;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            acc_t* __restrict dst = gflat.data() + oh * lay.cols;
+            const scalar_t* __restrict src = gp + oh * OW;
+            for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(src[ow]);
+          }
+          dot_taps(lanes.data() + m * taps * L, gflat.data(), q.data(), offsets.data(), taps, E);
         }
-        acc_t* out = part + (task * M + m) * (KK + 1);
-        std::fill(out, out + KK + 1, acc_t(0));
-        dot_taps(out, gflat.data(), q.data(), offsets.data(), KK + 1, E);
       }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t t = 0; t < taps; ++t) {
+          const acc_t* l = lanes.data() + (m * taps + t) * L;
+          acc_t sum = 0;
+          for (int64_t i = 0; i < L; ++i) sum += l[i];
+          res[(ci * M + m) * taps + t] = sum;
+        }
     }
   });
 }
@@ -576,22 +590,22 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cpu(
                                                       padding, dilation);
   const int64_t C_out = p.out_channels(), KK = kernel_h * kernel_w;
   const auto acc_type = at::toOpMathType(input.scalar_type());
-  // Every slot is written by the kernel (no fill: under load, even a parallel fill of a
-  // small buffer can wait milliseconds for a descheduled thread).
-  at::Tensor partial = at::empty({p.batch, C_out, KK + 1}, input.options().dtype(acc_type));
+  at::Tensor result;
   if (p.batch > 0) {
+    // Every element is written by the kernel (no fill: under load, even a parallel fill of a
+    // small buffer can wait milliseconds for a descheduled thread).
+    result = at::empty({C_out, KK + 1}, input.options().dtype(acc_type));
     at::Tensor g = grad.contiguous();
     at::Tensor x = input.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "cvops_depthwise_conv2d_backward_weight_cpu",
-                                    [&] { backward_weight_impl<scalar_t>(g, x, partial, p); });
+                                    [&] { backward_weight_impl<scalar_t>(g, x, result, p); });
+  } else {
+    result = at::zeros({C_out, KK + 1}, input.options().dtype(acc_type));
   }
-  // Sum over the batch in index order: deterministic whatever the thread count.
-  at::Tensor total = at::zeros({C_out, KK + 1}, partial.options());
-  for (int64_t n = 0; n < p.batch; ++n) total.add_(partial[n]);
   at::Tensor grad_weight =
-      total.narrow(1, 0, KK).reshape({C_out, 1, kernel_h, kernel_w}).to(input.scalar_type());
-  at::Tensor grad_bias = total.select(1, KK).to(input.scalar_type()).contiguous();
+      result.narrow(1, 0, KK).reshape({C_out, 1, kernel_h, kernel_w}).to(input.scalar_type());
+  at::Tensor grad_bias = result.select(1, KK).to(input.scalar_type()).contiguous();
   return {grad_weight.contiguous(), grad_bias};
 }
 
