@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <vector>
 
@@ -59,9 +60,11 @@ inline int64_t round_up(int64_t n) { return (n + kRound - 1) / kRound * kRound; 
 #define CVOPS_DW_TARGET_AVX2
 #endif
 
+// CVOPS_CPU_NO_AVX2=1 forces the baseline loops (the tests use it to cover them).
 bool cpu_has_avx2() {
 #if CVOPS_DW_HAS_AVX2_CLONE
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("CVOPS_CPU_NO_AVX2") == nullptr;
   return yes;
 #else
   return false;
