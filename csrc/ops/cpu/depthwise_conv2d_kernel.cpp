@@ -41,7 +41,7 @@ using namespace depthwise_math;
 // The loops use GCC/Clang vector extensions and are compiled twice: for the baseline ISA
 // and, through a target attribute, for AVX2+FMA, picked at run time. (at::vec::Vectorized
 // only gets its AVX2/AVX-512 specialisations inside ATen's per-ISA builds; an extension
-// compiled without -mavx2 gets the generic emulation, measured slower here.)
+// compiled without -mavx2 gets the generic emulation, i.e. SSE2 code at best.)
 // ---------------------------------------------------------------------------------------
 
 constexpr int kChunk = 9;      // taps summed per pass of the row kernel
