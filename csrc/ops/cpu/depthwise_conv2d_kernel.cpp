@@ -392,7 +392,7 @@ at::Tensor depthwise_conv2d_forward_cpu(const at::Tensor& input, const at::Tenso
                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation) {
   const auto p = check_depthwise_forward_args(input, weight, bias, stride, padding, dilation);
-  const auto format = result_format(input);
+  const auto format = depthwise_result_format(input);
   at::Tensor output = at::empty({p.batch, p.out_channels(), p.out_h, p.out_w}, input.options());
   if (output.numel() == 0) return output.contiguous(format);
   at::Tensor in = input.contiguous();
@@ -517,7 +517,7 @@ at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at:
                                                at::IntArrayRef dilation) {
   const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height,
                                                      width, stride, padding, dilation);
-  const auto format = result_format(grad);
+  const auto format = depthwise_result_format(grad);
   at::Tensor grad_input = at::empty({batch, channels, height, width}, grad.options());
   if (grad_input.numel() == 0) return grad_input.contiguous(format);
   at::Tensor g = grad.contiguous();
