@@ -2,6 +2,7 @@
 
 from . import boxes  # noqa: F401
 from .boxes import *  # noqa: F401, F403
+from .depthwise_conv2d import DepthwiseConv2d, depthwise_conv2d
 from .nms import batched_nms, nms, nms_fixed, soft_nms  # noqa: F401
 from .poolers import MultiScaleRoIAlign
 from .roi_align import RoIAlign, roi_align
@@ -10,3 +11,4 @@ from .roi_pool import RoIPool, roi_pool
 __all__ = ["RoIAlign", "roi_align"]
 __all__ += ["batched_nms", "nms", "nms_fixed", "soft_nms"] + boxes.__all__
 __all__ += ["RoIPool", "roi_pool", "MultiScaleRoIAlign"]
+__all__ += ["DepthwiseConv2d", "depthwise_conv2d"]
