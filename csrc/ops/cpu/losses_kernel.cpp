@@ -2,7 +2,7 @@
 //
 // SIMD: without CPU_CAPABILITY_* flags (extensions are built without them) ATen's
 // at::vec::Vectorized is a plain scalar array and its exp/log are scalar libm calls, so these
-// kernels use GCC/Clang vector extensions instead: 8-lane float vectors, with exp/log/log1p
+// kernels use GCC/Clang vector extensions instead: 4-lane (SSE) float vectors, with exp/log/log1p
 // as branch-free polynomials (Cephes single-precision forms, <= 2 ulp) that compile to SSE
 // or AVX as the target allows. float64 runs the same math on scalars (libm).
 // half/bfloat16 are widened to float on load; everything accumulates in float (double for
@@ -17,6 +17,9 @@
 #include <torch/library.h>
 
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -30,89 +33,114 @@ namespace {
 using namespace loss_math;
 
 // ---------------------------------------------------------------------------------------
-// 8-lane float SIMD math
+// 4-lane float SIMD math
 // ---------------------------------------------------------------------------------------
-typedef float vf8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
+// 4 lanes = one SSE register: wider GCC vectors are split into scalar code for comparisons
+// when the target has no AVX.
+constexpr int kLanes = 4;
+typedef float vfx __attribute__((vector_size(16)));
+typedef int32_t vix __attribute__((vector_size(16)));
 
-inline vf8 splat(float v) {
-  vf8 r = {v, v, v, v, v, v, v, v};
+inline vfx splat(float v) {
+  vfx r = {v, v, v, v};
   return r;
 }
-inline vi8 splati(int32_t v) {
-  vi8 r = {v, v, v, v, v, v, v, v};
+inline vix splati(int32_t v) {
+  vix r = {v, v, v, v};
   return r;
 }
-inline vf8 as_float(vi8 v) {
-  vf8 r;
+inline vfx as_float(vix v) {
+  vfx r;
   std::memcpy(&r, &v, sizeof(r));
   return r;
 }
-inline vi8 as_int(vf8 v) {
-  vi8 r;
+inline vix as_int(vfx v) {
+  vix r;
   std::memcpy(&r, &v, sizeof(r));
   return r;
 }
 
-// Lane-wise conversions (truncating float -> int), written as loops the compiler turns into
-// one cvttps2dq / cvtdq2ps (not every GCC has __builtin_convert_vector).
-inline vi8 to_int(vf8 v) {
-  vi8 r;
-  for (int i = 0; i < 8; ++i) r[i] = static_cast<int32_t>(v[i]);
+// Lane-wise conversions (truncating float -> int) and bitwise select. GCC lowers vector
+// ternaries and element loops to scalar code on SSE2, so these use SSE2 intrinsics on the
+// two halves where available (plain loops elsewhere).
+inline vix to_int(vfx v) {
+#if defined(__SSE2__)
+  __m128 h;
+  std::memcpy(&h, &v, sizeof(h));
+  const __m128i r = _mm_cvttps_epi32(h);
+  vix out;
+  std::memcpy(&out, &r, sizeof(out));
+  return out;
+#else
+  vix r;
+  for (int i = 0; i < kLanes; ++i) r[i] = static_cast<int32_t>(v[i]);
   return r;
+#endif
 }
-inline vf8 to_float(vi8 v) {
-  vf8 r;
-  for (int i = 0; i < 8; ++i) r[i] = static_cast<float>(v[i]);
+inline vfx to_float(vix v) {
+#if defined(__SSE2__)
+  __m128i h;
+  std::memcpy(&h, &v, sizeof(h));
+  const __m128 r = _mm_cvtepi32_ps(h);
+  vfx out;
+  std::memcpy(&out, &r, sizeof(out));
+  return out;
+#else
+  vfx r;
+  for (int i = 0; i < kLanes; ++i) r[i] = static_cast<float>(v[i]);
   return r;
+#endif
 }
+// m ? a : b lane-wise, for masks of all-ones / all-zeros lanes (vector comparisons).
+inline vfx sel(vix m, vfx a, vfx b) { return as_float((m & as_int(a)) | (~m & as_int(b))); }
+inline vix seli(vix m, vix a, vix b) { return (m & a) | (~m & b); }
 
 struct VecMath {
-  using V = vf8;
-  using Mask = vi8;
-  static inline vf8 c(double v) { return splat(static_cast<float>(v)); }
-  static inline vf8 where(vi8 m, vf8 a, vf8 b) { return m ? a : b; }
-  static inline vi8 ge0(vf8 x) { return x >= splat(0.f); }
-  static inline vi8 gt(vf8 a, vf8 b) { return a > b; }
-  static inline vi8 eq(vf8 a, vf8 b) { return a == b; }
-  static inline vf8 abs(vf8 x) { return as_float(as_int(x) & splati(0x7fffffff)); }
-  static inline vf8 max(vf8 a, vf8 b) { return a > b ? a : b; }
+  using V = vfx;
+  using Mask = vix;
+  static inline vfx c(double v) { return splat(static_cast<float>(v)); }
+  static inline vfx where(vix m, vfx a, vfx b) { return sel(m, a, b); }
+  static inline vix ge0(vfx x) { return x >= splat(0.f); }
+  static inline vix gt(vfx a, vfx b) { return a > b; }
+  static inline vix eq(vfx a, vfx b) { return a == b; }
+  static inline vfx abs(vfx x) { return as_float(as_int(x) & splati(0x7fffffff)); }
+  static inline vfx max(vfx a, vfx b) { return sel(a > b, a, b); }
 
   // exp(x); 0 below -87.33 (where the result would be subnormal), inf above 88.72.
-  static inline vf8 exp(vf8 x) {
-    const vf8 xc = x > splat(88.f) ? splat(88.f) : x;
-    const vf8 z = xc * splat(1.44269504088896341f) + splat(0.5f);
-    vi8 n = to_int(z);  // truncates
+  static inline vfx exp(vfx x) {
+    const vfx xc = sel(x > splat(88.f), splat(88.f), x);
+    const vfx z = xc * splat(1.44269504088896341f) + splat(0.5f);
+    vix n = to_int(z);  // truncates
     n = n + (to_float(n) > z);  // floor: mask is -1 where too big
-    const vf8 nf = to_float(n);
-    const vf8 r = xc - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
-    vf8 y = splat(1.9875691500E-4f);
+    const vfx nf = to_float(n);
+    const vfx r = xc - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+    vfx y = splat(1.9875691500E-4f);
     y = y * r + splat(1.3981999507E-3f);
     y = y * r + splat(8.3334519073E-3f);
     y = y * r + splat(4.1665795894E-2f);
     y = y * r + splat(1.6666665459E-1f);
     y = y * r + splat(5.0000001201E-1f);
     y = y * (r * r) + r + splat(1.f);
-    vf8 res = y * as_float((n + splati(127)) << 23);
-    res = x < splat(-87.33654475f) ? splat(0.f) : res;
-    res = x > splat(88.72283905f) ? splat(std::numeric_limits<float>::infinity()) : res;
-    return x != x ? x : res;
+    vfx res = y * as_float((n + splati(127)) << 23);
+    res = sel(x < splat(-87.33654475f), splat(0.f), res);
+    res = sel(x > splat(88.72283905f), splat(std::numeric_limits<float>::infinity()), res);
+    return sel(x != x, x, res);
   }
 
   // log(x) for x >= 0 (subnormals included); -inf at 0, NaN below 0.
-  static inline vf8 log(vf8 x) {
-    const vi8 small = x < splat(1.17549435e-38f);
-    const vf8 xs = small ? x * splat(8388608.f) : x;
-    const vi8 bits = as_int(xs);
-    vi8 e = ((bits >> 23) & splati(0xff)) - splati(126);
-    e = small ? e - splati(23) : e;
-    vf8 m = as_float((bits & splati(0x7fffff)) | splati(126 << 23));  // [0.5, 1)
-    const vi8 lt = m < splat(0.707106781186547524f);
+  static inline vfx log(vfx x) {
+    const vix small = x < splat(1.17549435e-38f);
+    const vfx xs = sel(small, x * splat(8388608.f), x);
+    const vix bits = as_int(xs);
+    vix e = ((bits >> 23) & splati(0xff)) - splati(126);
+    e = seli(small, e - splati(23), e);
+    vfx m = as_float((bits & splati(0x7fffff)) | splati(126 << 23));  // [0.5, 1)
+    const vix lt = m < splat(0.707106781186547524f);
     e = e + lt;
-    m = lt ? m + m - splat(1.f) : m - splat(1.f);
-    const vf8 ef = to_float(e);
-    const vf8 z = m * m;
-    vf8 y = splat(7.0376836292E-2f);
+    m = sel(lt, m + m - splat(1.f), m - splat(1.f));
+    const vfx ef = to_float(e);
+    const vfx z = m * m;
+    vfx y = splat(7.0376836292E-2f);
     y = y * m - splat(1.1514610310E-1f);
     y = y * m + splat(1.1676998740E-1f);
     y = y * m - splat(1.2420140846E-1f);
@@ -123,50 +151,49 @@ struct VecMath {
     y = y * m + splat(3.3333331174E-1f);
     y = y * m * z;
     y = y - ef * splat(2.12194440e-4f) - splat(0.5f) * z;
-    vf8 res = m + y + ef * splat(0.693359375f);
+    vfx res = m + y + ef * splat(0.693359375f);
     const float inf = std::numeric_limits<float>::infinity();
-    res = x == splat(0.f) ? splat(-inf) : res;
-    res = x == splat(inf) ? splat(inf) : res;
-    return (x < splat(0.f)) | (x != x) ? splat(std::numeric_limits<float>::quiet_NaN()) : res;
+    res = sel(x == splat(0.f), splat(-inf), res);
+    res = sel(x == splat(inf), splat(inf), res);
+    return sel((x < splat(0.f)) | (x != x), splat(std::numeric_limits<float>::quiet_NaN()), res);
   }
 
   // log1p(x) for x >= 0, accurate for tiny x: log(u) * x / (u - 1) with u = 1 + x.
-  static inline vf8 log1p(vf8 x) {
-    const vf8 u = splat(1.f) + x;
-    const vf8 d = u - splat(1.f);
-    return d == splat(0.f) ? x : log(u) * (x / d);
+  static inline vfx log1p(vfx x) {
+    const vfx u = splat(1.f) + x;
+    const vfx d = u - splat(1.f);
+    return sel(d == splat(0.f), x, log(u) * (x / d));
   }
 
   // x^y for x >= 0.
-  static inline vf8 pow(vf8 x, vf8 y) {
-    const vf8 at_zero = y == splat(0.f)  ? splat(1.f)
-                        : y > splat(0.f) ? splat(0.f)
-                                         : splat(std::numeric_limits<float>::infinity());
-    return x > splat(0.f) ? exp(y * log(x)) : at_zero;
+  static inline vfx pow(vfx x, vfx y) {
+    const vfx inf = splat(std::numeric_limits<float>::infinity());
+    const vfx at_zero = sel(y == splat(0.f), splat(1.f), sel(y > splat(0.f), splat(0.f), inf));
+    return sel(x > splat(0.f), exp(y * log(x)), at_zero);
   }
 };
 
-inline float hsum8(vf8 v) {
-  float b[8];
+inline float hsum(vfx v) {
+  float b[kLanes];
   std::memcpy(b, &v, sizeof(b));
-  return ((b[0] + b[4]) + (b[2] + b[6])) + ((b[1] + b[5]) + (b[3] + b[7]));
+  return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-// Loads and stores per element type: float-like types use 8 float lanes, double 1 lane.
+// Loads and stores per element type: float-like types use kLanes float lanes, double 1 lane.
 template <typename scalar_t>
 struct Simd {
-  static constexpr int64_t W = 8;
+  static constexpr int64_t W = kLanes;
   using M = VecMath;
-  using V = vf8;
-  using IV = vi8;
+  using V = vfx;
+  using IV = vix;
   static inline V load(const scalar_t* p) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       V v;
       std::memcpy(&v, p, sizeof(v));
       return v;
     } else {
-      float b[8];
-      for (int i = 0; i < 8; ++i) b[i] = static_cast<float>(p[i]);
+      float b[kLanes];
+      for (int i = 0; i < kLanes; ++i) b[i] = static_cast<float>(p[i]);
       V v;
       std::memcpy(&v, b, sizeof(v));
       return v;
@@ -176,9 +203,9 @@ struct Simd {
     if constexpr (std::is_same_v<scalar_t, float>) {
       std::memcpy(p, &v, sizeof(v));
     } else {
-      float b[8];
+      float b[kLanes];
       std::memcpy(b, &v, sizeof(b));
-      for (int i = 0; i < 8; ++i) p[i] = static_cast<scalar_t>(b[i]);
+      for (int i = 0; i < kLanes; ++i) p[i] = static_cast<scalar_t>(b[i]);
     }
   }
   static inline IV loadi(const int32_t* p) {
@@ -187,7 +214,7 @@ struct Simd {
     return v;
   }
   static inline IV spliti(int32_t v) { return splati(v); }
-  static inline float sum(V v) { return hsum8(v); }
+  static inline float sum(V v) { return hsum(v); }
 };
 
 template <>
