@@ -88,7 +88,7 @@ def softmax_focal_loss_reference(logits, target, alpha=None, gamma=2.0, ignore_i
     logp = torch.log_softmax(logits, 1).gather(1, y.unsqueeze(1)).squeeze(1)
     loss = -((1 - logp.exp()) ** gamma) * logp
     if alpha is not None:
-        a = alpha if isinstance(alpha, Tensor) else torch.full((logits.size(1),), float(alpha))
+        a = alpha if isinstance(alpha, Tensor) else torch.full((logits.size(1),), float(alpha), dtype=torch.float64)
         loss = loss * a.to(loss)[y]
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if reduction == "sum":

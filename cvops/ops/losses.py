@@ -91,7 +91,7 @@ def sigmoid_focal_loss(
 
 def _class_alpha(alpha, num_classes: int, like: Tensor) -> Tensor:
     if alpha is None:
-        return torch.ones(num_classes, dtype=torch.float32, device=like.device)
+        return torch.ones(num_classes, dtype=torch.float64, device=like.device)
     if isinstance(alpha, Tensor):
         _floating(alpha, "alpha")
         if alpha.dim() != 1 or alpha.numel() != num_classes:
@@ -101,7 +101,7 @@ def _class_alpha(alpha, num_classes: int, like: Tensor) -> Tensor:
             )
         return alpha.to(like.device)
     return torch.full(
-        (num_classes,), _number(alpha, "alpha"), dtype=torch.float32, device=like.device
+        (num_classes,), _number(alpha, "alpha"), dtype=torch.float64, device=like.device
     )
 
 
@@ -303,7 +303,7 @@ def dice_focal_loss(
     if m == 2:
         a = _class_alpha(alpha, x.size(1), x)
     else:
-        a = x.new_full((1,), -1.0 if alpha is None else _number(alpha, "alpha"), dtype=torch.float32)
+        a = x.new_full((1,), -1.0 if alpha is None else _number(alpha, "alpha"), dtype=torch.float64)
     stats = torch.ops.cvops._loss_stats(x, t, a, m, True, has_ignore, ignore, gamma, True)
     dice = _dice_from_stats(
         stats, _number(smooth, "smooth"), _number(eps, "eps"), bool(log_loss), bool(per_image)
