@@ -5,6 +5,11 @@ __version__ = "0.1.0"
 from . import extension, ops  # noqa: E402, F401
 from .extension import ExtensionNotAvailable, has_cuda, has_ops  # noqa: E402
 from .ops import roi_align  # noqa: E402
-from .ops import dice_focal_loss, dice_loss, sigmoid_focal_loss, softmax_focal_loss  # noqa: E402, F401
+from .ops.losses import (  # noqa: E402, F401
+    dice_focal_loss,
+    dice_loss,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+)
 
 __all__ = ["ExtensionNotAvailable", "has_cuda", "has_ops", "ops", "roi_align"]

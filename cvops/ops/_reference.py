@@ -80,15 +80,20 @@ def roi_align_reference(
 # ---------------------------------------------------------------------------------------
 
 
-def softmax_focal_loss_reference(logits, target, alpha=None, gamma=2.0, ignore_index=-100,
-                                 reduction="mean"):
+def softmax_focal_loss_reference(
+    logits, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"
+):
     """-alpha_y (1 - p_y)^gamma log p_y over non-ignored pixels (p = softmax over dim 1)."""
     valid = target != ignore_index
     y = torch.where(valid, target, torch.zeros_like(target)).long()
     logp = torch.log_softmax(logits, 1).gather(1, y.unsqueeze(1)).squeeze(1)
     loss = -((1 - logp.exp()) ** gamma) * logp
     if alpha is not None:
-        a = alpha if isinstance(alpha, Tensor) else torch.full((logits.size(1),), float(alpha), dtype=torch.float64)
+        a = (
+            alpha
+            if isinstance(alpha, Tensor)
+            else torch.full((logits.size(1),), float(alpha), dtype=torch.float64)
+        )
         loss = loss * a.to(loss)[y]
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if reduction == "sum":
@@ -98,8 +103,18 @@ def softmax_focal_loss_reference(logits, target, alpha=None, gamma=2.0, ignore_i
     return loss
 
 
-def dice_loss_reference(input, target, mode="binary", from_logits=True, smooth=0.0, eps=1e-7,
-                        ignore_index=None, log_loss=False, per_image=False, reduction="mean"):
+def dice_loss_reference(
+    input,
+    target,
+    mode="binary",
+    from_logits=True,
+    smooth=0.0,
+    eps=1e-7,
+    ignore_index=None,
+    log_loss=False,
+    per_image=False,
+    reduction="mean",
+):
     """segmentation_models_pytorch 0.6 DiceLoss, composed (plus per_image and reduction)."""
     n, c = input.shape[:2]
     if from_logits:

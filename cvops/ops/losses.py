@@ -35,9 +35,7 @@ def _reduction_code(reduction) -> int:
 
 def _mode_code(mode) -> int:
     if not isinstance(mode, str) or mode not in _MODES:
-        raise ValueError(
-            "mode must be 'binary', 'multilabel' or 'multiclass', got %r" % (mode,)
-        )
+        raise ValueError("mode must be 'binary', 'multilabel' or 'multiclass', got %r" % (mode,))
     return _MODES[mode]
 
 
@@ -170,9 +168,9 @@ def _softmax_focal_none(logits, target, alpha, gamma, ignore_index):
     valid = target != ignore_index
     y = torch.where(valid, target, torch.zeros_like(target)).long()
     if bool(((y < 0) | (y >= logits.size(1))).any()):
-        raise ValueError("target holds values outside [0, %d) other than ignore_index" % (
-            logits.size(1)
-        ))
+        raise ValueError(
+            "target holds values outside [0, %d) other than ignore_index" % (logits.size(1))
+        )
     logp = torch.log_softmax(logits, 1).gather(1, y.unsqueeze(1)).squeeze(1)
     p = logp.exp()
     loss = -alpha.to(logits.dtype)[y] * (1 - p).pow(gamma) * logp
@@ -303,13 +301,17 @@ def dice_focal_loss(
     if m == 2:
         a = _class_alpha(alpha, x.size(1), x)
     else:
-        a = x.new_full((1,), -1.0 if alpha is None else _number(alpha, "alpha"), dtype=torch.float64)
+        a = x.new_full(
+            (1,), -1.0 if alpha is None else _number(alpha, "alpha"), dtype=torch.float64
+        )
     stats = torch.ops.cvops._loss_stats(x, t, a, m, True, has_ignore, ignore, gamma, True)
     dice = _dice_from_stats(
         stats, _number(smooth, "smooth"), _number(eps, "eps"), bool(log_loss), bool(per_image)
     ).mean()
     focal = stats[..., 3].sum() / stats[..., 4].sum()
-    loss = _number(lambda_dice, "lambda_dice") * dice + _number(lambda_focal, "lambda_focal") * focal
+    loss = (
+        _number(lambda_dice, "lambda_dice") * dice + _number(lambda_focal, "lambda_focal") * focal
+    )
     return loss.to(input.dtype)
 
 

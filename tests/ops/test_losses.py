@@ -94,7 +94,9 @@ def test_sigmoid_focal_extreme_logits(device, gamma):
     t = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0]).to(device)
     ours, g_ours = _grad(cvops.sigmoid_focal_loss, x, t, 0.25, gamma)
     assert torch.isfinite(ours).all() and torch.isfinite(g_ours).all()
-    theirs, g_theirs = _grad(torchvision.ops.sigmoid_focal_loss, x.double(), t.double(), 0.25, gamma)
+    theirs, g_theirs = _grad(
+        torchvision.ops.sigmoid_focal_loss, x.double(), t.double(), 0.25, gamma
+    )
     torch.testing.assert_close(ours.double(), theirs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_ours.double(), g_theirs, rtol=1e-5, atol=1e-6)
 
@@ -291,7 +293,9 @@ def test_gradcheck_all_ops():
         lambda x: cvops.softmax_focal_loss(x, tc, 0.5, 1.5, ignore_index=-1, reduction="sum"),
         lambda x: cvops.dice_loss(x, tc, "multiclass", ignore_index=-1, log_loss=True),
         lambda x: cvops.dice_loss(x, tb, "multilabel", smooth=1.0, per_image=True),
-        lambda x: cvops.dice_loss(x.softmax(1), tc, "multiclass", from_logits=False, ignore_index=-1),
+        lambda x: cvops.dice_loss(
+            x.softmax(1), tc, "multiclass", from_logits=False, ignore_index=-1
+        ),
         lambda x: cvops.dice_focal_loss(x, tc, "multiclass", alpha=a, ignore_index=-1),
         lambda x: cvops.dice_focal_loss(x, tb, "multilabel", alpha=0.25, gamma=1.5),
     ]
@@ -387,7 +391,9 @@ def test_modules():
         cvops.ops.FocalLoss(reduction="sum")(x, tb),
         cvops.sigmoid_focal_loss(x, tb, reduction="sum"),
     )
-    assert torch.equal(cvops.ops.DiceLoss("multiclass")(x, tc), cvops.dice_loss(x, tc, "multiclass"))
+    assert torch.equal(
+        cvops.ops.DiceLoss("multiclass")(x, tc), cvops.dice_loss(x, tc, "multiclass")
+    )
     assert torch.equal(cvops.ops.DiceFocalLoss()(x, tc), cvops.dice_focal_loss(x, tc))
     assert "multiclass" in repr(cvops.ops.DiceFocalLoss())
 
