@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <cstring>
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -35,112 +36,131 @@ using namespace loss_math;
 // ---------------------------------------------------------------------------------------
 // 4-lane float SIMD math
 // ---------------------------------------------------------------------------------------
-// 4 lanes = one SSE register: wider GCC vectors are split into scalar code for comparisons
-// when the target has no AVX.
-constexpr int kLanes = 4;
-typedef float vfx __attribute__((vector_size(16)));
-typedef int32_t vix __attribute__((vector_size(16)));
+#define CVOPS_CPU_INLINE inline __attribute__((always_inline))
 
-inline vfx splat(float v) {
-  vfx r = {v, v, v, v};
-  return r;
-}
-inline vix splati(int32_t v) {
-  vix r = {v, v, v, v};
-  return r;
-}
-inline vfx as_float(vix v) {
-  vfx r;
-  std::memcpy(&r, &v, sizeof(r));
-  return r;
-}
-inline vix as_int(vfx v) {
-  vix r;
-  std::memcpy(&r, &v, sizeof(r));
-  return r;
-}
+// L-lane float vectors: L = 4 (one SSE register, the x86-64 baseline) or L = 8 (AVX2; used
+// only inside functions compiled for AVX2+FMA, chosen at run time by dispatch_isa).
+template <int L>
+struct VecTypes;
+template <>
+struct VecTypes<4> {
+  typedef float V __attribute__((vector_size(16)));
+  typedef int32_t Mask __attribute__((vector_size(16)));
+};
+template <>
+struct VecTypes<8> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t Mask __attribute__((vector_size(32)));
+};
 
-// Lane-wise conversions (truncating float -> int) and bitwise select. GCC lowers vector
-// ternaries and element loops to scalar code on SSE2, so these use SSE2 intrinsics on the
-// two halves where available (plain loops elsewhere).
-inline vix to_int(vfx v) {
+template <int L>
+struct VecMathT {
+  using V = typename VecTypes<L>::V;
+  using Mask = typename VecTypes<L>::Mask;
+  using IV = Mask;
+
+  static CVOPS_CPU_INLINE V splat(float v) {
+    V r;
+    for (int i = 0; i < L; ++i) r[i] = v;
+    return r;
+  }
+  static CVOPS_CPU_INLINE Mask splati(int32_t v) {
+    Mask r;
+    for (int i = 0; i < L; ++i) r[i] = v;
+    return r;
+  }
+  static CVOPS_CPU_INLINE V as_float(Mask v) {
+    V r;
+    std::memcpy(&r, &v, sizeof(r));
+    return r;
+  }
+  static CVOPS_CPU_INLINE Mask as_int(V v) {
+    Mask r;
+    std::memcpy(&r, &v, sizeof(r));
+    return r;
+  }
+  // Truncating float -> int and back. GCC turns the loops into cvttps2dq / cvtdq2ps under
+  // AVX2; the SSE width uses the SSE2 intrinsics (the generic lowering is scalar there).
+  static CVOPS_CPU_INLINE Mask to_int(V v) {
 #if defined(__SSE2__)
-  __m128 h;
-  std::memcpy(&h, &v, sizeof(h));
-  const __m128i r = _mm_cvttps_epi32(h);
-  vix out;
-  std::memcpy(&out, &r, sizeof(out));
-  return out;
-#else
-  vix r;
-  for (int i = 0; i < kLanes; ++i) r[i] = static_cast<int32_t>(v[i]);
-  return r;
+    if constexpr (L == 4) {
+      __m128 h;
+      std::memcpy(&h, &v, sizeof(h));
+      const __m128i r = _mm_cvttps_epi32(h);
+      Mask out;
+      std::memcpy(&out, &r, sizeof(out));
+      return out;
+    }
 #endif
-}
-inline vfx to_float(vix v) {
+    Mask r;
+    for (int i = 0; i < L; ++i) r[i] = static_cast<int32_t>(v[i]);
+    return r;
+  }
+  static CVOPS_CPU_INLINE V to_float(Mask v) {
 #if defined(__SSE2__)
-  __m128i h;
-  std::memcpy(&h, &v, sizeof(h));
-  const __m128 r = _mm_cvtepi32_ps(h);
-  vfx out;
-  std::memcpy(&out, &r, sizeof(out));
-  return out;
-#else
-  vfx r;
-  for (int i = 0; i < kLanes; ++i) r[i] = static_cast<float>(v[i]);
-  return r;
+    if constexpr (L == 4) {
+      __m128i h;
+      std::memcpy(&h, &v, sizeof(h));
+      const __m128 r = _mm_cvtepi32_ps(h);
+      V out;
+      std::memcpy(&out, &r, sizeof(out));
+      return out;
+    }
 #endif
-}
-// m ? a : b lane-wise, for masks of all-ones / all-zeros lanes (vector comparisons).
-inline vfx sel(vix m, vfx a, vfx b) { return as_float((m & as_int(a)) | (~m & as_int(b))); }
-inline vix seli(vix m, vix a, vix b) { return (m & a) | (~m & b); }
+    V r;
+    for (int i = 0; i < L; ++i) r[i] = static_cast<float>(v[i]);
+    return r;
+  }
+  // m ? a : b lane-wise for all-ones / all-zeros masks (vector comparisons), bitwise: GCC
+  // lowers vector ternaries to scalar code on SSE2.
+  static CVOPS_CPU_INLINE V sel(Mask m, V a, V b) {
+    return as_float((m & as_int(a)) | (~m & as_int(b)));
+  }
+  static CVOPS_CPU_INLINE Mask seli(Mask m, Mask a, Mask b) { return (m & a) | (~m & b); }
 
-struct VecMath {
-  using V = vfx;
-  using Mask = vix;
-  static inline vfx c(double v) { return splat(static_cast<float>(v)); }
-  static inline vfx where(vix m, vfx a, vfx b) { return sel(m, a, b); }
-  static inline vix ge0(vfx x) { return x >= splat(0.f); }
-  static inline vix gt(vfx a, vfx b) { return a > b; }
-  static inline vix eq(vfx a, vfx b) { return a == b; }
-  static inline vfx abs(vfx x) { return as_float(as_int(x) & splati(0x7fffffff)); }
-  static inline vfx max(vfx a, vfx b) { return sel(a > b, a, b); }
+  static CVOPS_CPU_INLINE V c(double v) { return splat(static_cast<float>(v)); }
+  static CVOPS_CPU_INLINE V where(Mask m, V a, V b) { return sel(m, a, b); }
+  static CVOPS_CPU_INLINE Mask ge0(V x) { return x >= splat(0.f); }
+  static CVOPS_CPU_INLINE Mask gt(V a, V b) { return a > b; }
+  static CVOPS_CPU_INLINE Mask eq(V a, V b) { return a == b; }
+  static CVOPS_CPU_INLINE V abs(V x) { return as_float(as_int(x) & splati(0x7fffffff)); }
+  static CVOPS_CPU_INLINE V max(V a, V b) { return sel(a > b, a, b); }
 
   // exp(x); 0 below -87.33 (where the result would be subnormal), inf above 88.72.
-  static inline vfx exp(vfx x) {
-    const vfx xc = sel(x > splat(88.f), splat(88.f), x);
-    const vfx z = xc * splat(1.44269504088896341f) + splat(0.5f);
-    vix n = to_int(z);  // truncates
-    n = n + (to_float(n) > z);  // floor: mask is -1 where too big
-    const vfx nf = to_float(n);
-    const vfx r = xc - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
-    vfx y = splat(1.9875691500E-4f);
+  static CVOPS_CPU_INLINE V exp(V x) {
+    const V xc = sel(x > splat(88.f), splat(88.f), x);
+    const V z = xc * splat(1.44269504088896341f) + splat(0.5f);
+    Mask n = to_int(z);              // truncates
+    n = n + (to_float(n) > z);       // floor: the mask is -1 where truncation rounded up
+    const V nf = to_float(n);
+    const V r = xc - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+    V y = splat(1.9875691500E-4f);
     y = y * r + splat(1.3981999507E-3f);
     y = y * r + splat(8.3334519073E-3f);
     y = y * r + splat(4.1665795894E-2f);
     y = y * r + splat(1.6666665459E-1f);
     y = y * r + splat(5.0000001201E-1f);
     y = y * (r * r) + r + splat(1.f);
-    vfx res = y * as_float((n + splati(127)) << 23);
+    V res = y * as_float((n + splati(127)) << 23);
     res = sel(x < splat(-87.33654475f), splat(0.f), res);
     res = sel(x > splat(88.72283905f), splat(std::numeric_limits<float>::infinity()), res);
     return sel(x != x, x, res);
   }
 
   // log(x) for x >= 0 (subnormals included); -inf at 0, NaN below 0.
-  static inline vfx log(vfx x) {
-    const vix small = x < splat(1.17549435e-38f);
-    const vfx xs = sel(small, x * splat(8388608.f), x);
-    const vix bits = as_int(xs);
-    vix e = ((bits >> 23) & splati(0xff)) - splati(126);
+  static CVOPS_CPU_INLINE V log(V x) {
+    const Mask small = x < splat(1.17549435e-38f);
+    const V xs = sel(small, x * splat(8388608.f), x);
+    const Mask bits = as_int(xs);
+    Mask e = ((bits >> 23) & splati(0xff)) - splati(126);
     e = seli(small, e - splati(23), e);
-    vfx m = as_float((bits & splati(0x7fffff)) | splati(126 << 23));  // [0.5, 1)
-    const vix lt = m < splat(0.707106781186547524f);
+    V m = as_float((bits & splati(0x7fffff)) | splati(126 << 23));  // [0.5, 1)
+    const Mask lt = m < splat(0.707106781186547524f);
     e = e + lt;
     m = sel(lt, m + m - splat(1.f), m - splat(1.f));
-    const vfx ef = to_float(e);
-    const vfx z = m * m;
-    vfx y = splat(7.0376836292E-2f);
+    const V ef = to_float(e);
+    const V z = m * m;
+    V y = splat(7.0376836292E-2f);
     y = y * m - splat(1.1514610310E-1f);
     y = y * m + splat(1.1676998740E-1f);
     y = y * m - splat(1.2420140846E-1f);
@@ -151,103 +171,132 @@ struct VecMath {
     y = y * m + splat(3.3333331174E-1f);
     y = y * m * z;
     y = y - ef * splat(2.12194440e-4f) - splat(0.5f) * z;
-    vfx res = m + y + ef * splat(0.693359375f);
+    V res = m + y + ef * splat(0.693359375f);
     const float inf = std::numeric_limits<float>::infinity();
     res = sel(x == splat(0.f), splat(-inf), res);
     res = sel(x == splat(inf), splat(inf), res);
-    return sel((x < splat(0.f)) | (x != x), splat(std::numeric_limits<float>::quiet_NaN()), res);
+    return sel((x < splat(0.f)) | (x != x), splat(std::numeric_limits<float>::quiet_NaN()),
+               res);
   }
 
   // log1p(x) for x >= 0, accurate for tiny x: log(u) * x / (u - 1) with u = 1 + x.
-  static inline vfx log1p(vfx x) {
-    const vfx u = splat(1.f) + x;
-    const vfx d = u - splat(1.f);
+  static CVOPS_CPU_INLINE V log1p(V x) {
+    const V u = splat(1.f) + x;
+    const V d = u - splat(1.f);
     return sel(d == splat(0.f), x, log(u) * (x / d));
   }
 
   // x^y for x >= 0.
-  static inline vfx pow(vfx x, vfx y) {
-    const vfx inf = splat(std::numeric_limits<float>::infinity());
-    const vfx at_zero = sel(y == splat(0.f), splat(1.f), sel(y > splat(0.f), splat(0.f), inf));
+  static CVOPS_CPU_INLINE V pow(V x, V y) {
+    const V inf = splat(std::numeric_limits<float>::infinity());
+    const V at_zero = sel(y == splat(0.f), splat(1.f), sel(y > splat(0.f), splat(0.f), inf));
     return sel(x > splat(0.f), exp(y * log(x)), at_zero);
+  }
+
+  // Horizontal sum in a fixed order (pairwise over halves).
+  static CVOPS_CPU_INLINE float hsum(V v) {
+    float b[L];
+    std::memcpy(b, &v, sizeof(b));
+    for (int w = L / 2; w > 0; w /= 2)
+      for (int i = 0; i < w; ++i) b[i] += b[i + w];
+    return b[0];
   }
 };
 
-inline float hsum(vfx v) {
-  float b[kLanes];
-  std::memcpy(b, &v, sizeof(b));
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
-
-// Loads and stores per element type: float-like types use kLanes float lanes, double 1 lane.
-template <typename scalar_t>
-struct Simd {
-  static constexpr int64_t W = kLanes;
-  using M = VecMath;
-  using V = vfx;
-  using IV = vix;
-  static inline V load(const scalar_t* p) {
+// Loads and stores per element type: float-like types use L float lanes, double 1 lane.
+template <typename scalar_t, int L>
+struct SimdT {
+  static constexpr int64_t W = L;
+  using M = VecMathT<L>;
+  using V = typename M::V;
+  using IV = typename M::IV;
+  static CVOPS_CPU_INLINE V load(const scalar_t* p) {
+    V v;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      V v;
       std::memcpy(&v, p, sizeof(v));
-      return v;
     } else {
-      float b[kLanes];
-      for (int i = 0; i < kLanes; ++i) b[i] = static_cast<float>(p[i]);
-      V v;
-      std::memcpy(&v, b, sizeof(v));
-      return v;
+      for (int i = 0; i < L; ++i) v[i] = static_cast<float>(p[i]);
     }
+    return v;
   }
-  static inline void store(scalar_t* p, V v) {
+  static CVOPS_CPU_INLINE void store(scalar_t* p, V v) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       std::memcpy(p, &v, sizeof(v));
     } else {
-      float b[kLanes];
-      std::memcpy(b, &v, sizeof(b));
-      for (int i = 0; i < kLanes; ++i) p[i] = static_cast<scalar_t>(b[i]);
+      for (int i = 0; i < L; ++i) p[i] = static_cast<scalar_t>(v[i]);
     }
   }
-  static inline IV loadi(const int32_t* p) {
+  static CVOPS_CPU_INLINE IV loadi(const int32_t* p) {
     IV v;
     std::memcpy(&v, p, sizeof(v));
     return v;
   }
-  static inline IV spliti(int32_t v) { return splati(v); }
-  static inline float sum(V v) { return hsum(v); }
+  static CVOPS_CPU_INLINE IV spliti(int32_t v) { return M::splati(v); }
+  static CVOPS_CPU_INLINE float sum(V v) { return M::hsum(v); }
 };
 
-template <>
-struct Simd<double> {
+template <int L>
+struct SimdT<double, L> {
   static constexpr int64_t W = 1;
   using M = ScalarMath<double>;
   using V = double;
   using IV = int32_t;
-  static inline V load(const double* p) { return *p; }
-  static inline void store(double* p, V v) { *p = v; }
-  static inline IV loadi(const int32_t* p) { return *p; }
-  static inline IV spliti(int32_t v) { return v; }
-  static inline double sum(V v) { return v; }
+  static CVOPS_CPU_INLINE V load(const double* p) { return *p; }
+  static CVOPS_CPU_INLINE void store(double* p, V v) { *p = v; }
+  static CVOPS_CPU_INLINE IV loadi(const int32_t* p) { return *p; }
+  static CVOPS_CPU_INLINE IV spliti(int32_t v) { return v; }
+  static CVOPS_CPU_INLINE double sum(V v) { return v; }
 };
 
 // Copies n < W elements into a zero-padded buffer of W.
 template <typename scalar_t, int64_t W>
 struct Padded {
   scalar_t v[W];
-  Padded(const scalar_t* p, int64_t n) {
+  CVOPS_CPU_INLINE Padded(const scalar_t* p, int64_t n) {
     for (int64_t i = 0; i < W; ++i) v[i] = i < n ? p[i] : scalar_t(0);
   }
 };
 
 // 1 on the first n lanes, 0 on the others.
 template <typename S>
-inline typename S::V lane_mask(int64_t n) {
-  using acc_t = std::conditional_t<S::W == 1, double, float>;
-  acc_t b[S::W];
-  for (int64_t i = 0; i < S::W; ++i) b[i] = i < n ? acc_t(1) : acc_t(0);
-  typename S::V v;
-  std::memcpy(&v, b, sizeof(v));
+CVOPS_CPU_INLINE typename S::V lane_mask(int64_t n) {
+  typename S::V v = S::M::c(0);
+  if constexpr (S::W == 1) {
+    v = n > 0 ? 1.0 : 0.0;
+  } else {
+    for (int64_t i = 0; i < S::W; ++i) v[i] = i < n ? 1.f : 0.f;
+  }
   return v;
+}
+
+// Runs f(std::integral_constant<int, L>) with L = 8 in a function compiled for AVX2+FMA when
+// the CPU has them, else with L = 4 (SSE2 baseline). f must be always_inline (so its body,
+// and the always_inline math it calls, is compiled for the caller's ISA).
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define CVOPS_HAVE_AVX2_DISPATCH 1
+template <typename F>
+__attribute__((target("avx2,fma"))) void call_avx2(const F& f) {
+  f(std::integral_constant<int, 8>());
+}
+inline bool cpu_has_avx2() {
+  // CVOPS_DISABLE_AVX2=1 forces the SSE2 baseline (tests run both paths).
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("CVOPS_DISABLE_AVX2") == nullptr;
+  return yes;
+}
+#endif
+
+template <typename F>
+void call_baseline(const F& f) {
+  f(std::integral_constant<int, 4>());
+}
+
+template <typename F>
+inline void dispatch_isa(const F& f) {
+#if defined(CVOPS_HAVE_AVX2_DISPATCH)
+  if (cpu_has_avx2()) return call_avx2(f);
+#endif
+  call_baseline(f);
 }
 
 template <typename F>
@@ -275,47 +324,58 @@ inline SigmoidFocalParams sigmoid_focal_params(double alpha, double gamma) {
                     : SigmoidFocalParams{1.0, 1.0, gamma};
 }
 
-// out[i] = scale[i or 0] * f(x[i], t[i]) for the focal term (grad=false) or its gradient.
-template <typename scalar_t, int G, bool kGrad>
-void sigmoid_focal_elementwise(const scalar_t* x, const scalar_t* t, const scalar_t* g,
-                               bool g_full, double g_mult, scalar_t* out, int64_t n,
-                               const SigmoidFocalParams& fp) {
-  using S = Simd<scalar_t>;
+// out[i] = scale[i or 0] * f(x[i], t[i]) for the focal term (grad=false) or its gradient,
+// over elements [begin, end).
+template <typename scalar_t, int G, bool kGrad, int L>
+CVOPS_CPU_INLINE void sigmoid_focal_range(const scalar_t* x, const scalar_t* t,
+                                          const scalar_t* g, bool g_full, double g_mult,
+                                          scalar_t* out, int64_t begin, int64_t end,
+                                          const SigmoidFocalParams& fp) {
+  using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
   constexpr int64_t W = S::W;
   const V a1 = M::c(fp.a1), a0 = M::c(fp.a0), gm = M::c(fp.gamma);
   const V g0 = M::c(g == nullptr ? 1.0 : static_cast<double>(g[0]) * g_mult);
   const V mult = M::c(g_mult);
-  auto value = [&](V xv, V tv) {
+  auto value = [&](V xv, V tv) __attribute__((always_inline)) {
     if constexpr (kGrad) {
       return sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm);
     } else {
       return sigmoid_focal_term<G, M>(xv, tv, a1, a0, gm);
     }
   };
-  const int64_t nvec = (n + W - 1) / W;
-  at::parallel_for(0, nvec, 2048, [&](int64_t begin, int64_t end) {
-    for (int64_t v = begin; v < end; ++v) {
-      const int64_t i = v * W;
-      if (i + W <= n) {
-        V r = value(S::load(x + i), S::load(t + i));
-        r = r * (g_full ? S::load(g + i) * mult : g0);
-        S::store(out + i, r);
-      } else {
-        const Padded<scalar_t, W> px(x + i, n - i), pt(t + i, n - i);
-        V r = value(S::load(px.v), S::load(pt.v));
-        if (g_full) {
-          const Padded<scalar_t, W> pg(g + i, n - i);
-          r = r * S::load(pg.v) * mult;
-        } else {
-          r = r * g0;
-        }
-        scalar_t buf[W];
-        S::store(buf, r);
-        for (int64_t k = 0; k < n - i; ++k) out[i + k] = buf[k];
-      }
+  int64_t i = begin;
+  for (; i + W <= end; i += W) {
+    V r = value(S::load(x + i), S::load(t + i));
+    r = r * (g_full ? S::load(g + i) * mult : g0);
+    S::store(out + i, r);
+  }
+  if (i < end) {
+    const int64_t n = end - i;
+    const Padded<scalar_t, W> px(x + i, n), pt(t + i, n);
+    V r = value(S::load(px.v), S::load(pt.v));
+    if (g_full) {
+      const Padded<scalar_t, W> pg(g + i, n);
+      r = r * S::load(pg.v) * mult;
+    } else {
+      r = r * g0;
     }
+    scalar_t buf[W];
+    S::store(buf, r);
+    for (int64_t k = 0; k < n; ++k) out[i + k] = buf[k];
+  }
+}
+
+template <typename scalar_t, int G, bool kGrad>
+void sigmoid_focal_elementwise(const scalar_t* x, const scalar_t* t, const scalar_t* g,
+                               bool g_full, double g_mult, scalar_t* out, int64_t n,
+                               const SigmoidFocalParams& fp) {
+  at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
+    dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
+      sigmoid_focal_range<scalar_t, G, kGrad, decltype(lanes)::value>(x, t, g, g_full, g_mult,
+                                                                      out, begin, end, fp);
+    });
   });
 }
 
@@ -330,17 +390,17 @@ struct StatsArgs {
 };
 
 // Sums of one chunk [begin, end) of one row into out[kNumStats].
-template <typename scalar_t, int G, bool kDice, bool kFocal>
-void row_chunk_stats(const scalar_t* x, const scalar_t* t, int64_t len, const StatsArgs& a,
-                     double* out) {
-  using S = Simd<scalar_t>;
+template <typename scalar_t, int G, bool kDice, bool kFocal, int L>
+CVOPS_CPU_INLINE void row_chunk_stats(const scalar_t* x, const scalar_t* t, int64_t len,
+                                      const StatsArgs& a, double* out) {
+  using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
   constexpr int64_t W = S::W;
   const V a1 = M::c(a.fp.a1), a0 = M::c(a.fp.a0), gm = M::c(a.fp.gamma);
   const V ign = M::c(a.ignore), one = M::c(1), zero = M::c(0);
   V sD = zero, sP = zero, sT = zero, sF = zero, sM = zero;
-  auto step = [&](V xv, V tv, V lanes) {
+  auto step = [&](V xv, V tv, V lanes) __attribute__((always_inline)) {
     V m = lanes;
     if (a.has_ignore) m = M::where(M::eq(tv, ign), zero, m);
     tv = M::where(M::eq(m, zero), zero, tv);  // ignored targets never enter the math
@@ -376,24 +436,28 @@ void row_stats(const scalar_t* x, const scalar_t* t, int64_t rows, int64_t len,
                const StatsArgs& a, bool dice, bool focal, double* stats) {
   const int64_t chunks = std::max<int64_t>(1, (len + kRowChunk - 1) / kRowChunk);
   std::vector<double> partial(rows * chunks * kNumStats, 0.0);
-  auto run = [&](auto chunk_fn) {
+  dispatch_gamma(a.fp.gamma, [&](auto gtag) {
+    constexpr int G = decltype(gtag)::value;
     at::parallel_for(0, rows * chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t r = task / chunks, k = task % chunks;
         const int64_t s0 = k * kRowChunk, n = std::min(kRowChunk, len - s0);
-        if (n > 0) chunk_fn(x + r * len + s0, t + r * len + s0, n, a, &partial[task * kNumStats]);
+        if (n <= 0) continue;
+        const scalar_t* xc = x + r * len + s0;
+        const scalar_t* tc = t + r * len + s0;
+        double* o = &partial[task * kNumStats];
+        dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
+          constexpr int L = decltype(lanes)::value;
+          if (dice && focal) {
+            row_chunk_stats<scalar_t, G, true, true, L>(xc, tc, n, a, o);
+          } else if (focal) {
+            row_chunk_stats<scalar_t, G, false, true, L>(xc, tc, n, a, o);
+          } else if (G == kGamma2) {
+            row_chunk_stats<scalar_t, kGamma2, true, false, L>(xc, tc, n, a, o);
+          }
+        });
       }
     });
-  };
-  dispatch_gamma(a.fp.gamma, [&](auto gtag) {
-    constexpr int G = decltype(gtag)::value;
-    if (dice && focal) {
-      run(row_chunk_stats<scalar_t, G, true, true>);
-    } else if (focal) {
-      run(row_chunk_stats<scalar_t, G, false, true>);
-    } else {
-      run(row_chunk_stats<scalar_t, kGamma2, true, false>);
-    }
   });
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < kNumStats; ++j) {
@@ -405,50 +469,56 @@ void row_stats(const scalar_t* x, const scalar_t* t, int64_t rows, int64_t len,
 }
 
 // Backward of row_stats: dx = m [(gD sign(p - t) + gP) dp/dx + gF dfocal/dx].
+template <typename scalar_t, int G, int L>
+CVOPS_CPU_INLINE void row_chunk_backward(const double* gs, const scalar_t* xr,
+                                         const scalar_t* tr, int64_t n, const StatsArgs& a,
+                                         bool focal, scalar_t* out) {
+  using S = SimdT<scalar_t, L>;
+  using M = typename S::M;
+  using V = typename S::V;
+  constexpr int64_t W = S::W;
+  const V a1 = M::c(a.fp.a1), a0 = M::c(a.fp.a0), gm = M::c(a.fp.gamma);
+  const V ign = M::c(a.ignore), zero = M::c(0);
+  const V gD = M::c(gs[kStatD]), gP = M::c(gs[kStatP]), gF = M::c(gs[kStatF]);
+  auto value = [&](V xv, V tv) __attribute__((always_inline)) {
+    V m = M::c(1);
+    if (a.has_ignore) m = M::where(M::eq(tv, ign), zero, m);
+    tv = M::where(M::eq(m, zero), zero, tv);
+    V p = xv, dp = M::c(1);
+    if (a.from_logits) {
+      V q, l;
+      sigmoid_parts<M>(xv, p, q, l);
+      dp = p * q;
+    }
+    V d = (gD * abs_diff_grad<M>(p, tv) + gP) * dp;
+    if (focal) d = d + gF * sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm);
+    return d * m;
+  };
+  int64_t i = 0;
+  for (; i + W <= n; i += W) S::store(out + i, value(S::load(xr + i), S::load(tr + i)));
+  if (i < n) {
+    const Padded<scalar_t, W> px(xr + i, n - i), pt(tr + i, n - i);
+    scalar_t buf[W];
+    S::store(buf, value(S::load(px.v), S::load(pt.v)));
+    for (int64_t j = 0; j < n - i; ++j) out[i + j] = buf[j];
+  }
+}
+
 template <typename scalar_t, int G>
 void row_stats_backward(const double* gstats, const scalar_t* x, const scalar_t* t,
                         int64_t rows, int64_t len, const StatsArgs& a, bool focal,
                         scalar_t* dx) {
-  using S = Simd<scalar_t>;
-  using M = typename S::M;
-  using V = typename S::V;
-  constexpr int64_t W = S::W;
   const int64_t chunks = std::max<int64_t>(1, (len + kRowChunk - 1) / kRowChunk);
-  const V a1 = M::c(a.fp.a1), a0 = M::c(a.fp.a0), gm = M::c(a.fp.gamma);
-  const V ign = M::c(a.ignore), zero = M::c(0);
   at::parallel_for(0, rows * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / chunks, k = task % chunks;
       const int64_t s0 = k * kRowChunk, n = std::min(kRowChunk, len - s0);
       if (n <= 0) continue;
-      const V gD = M::c(gstats[r * kNumStats + kStatD]);
-      const V gP = M::c(gstats[r * kNumStats + kStatP]);
-      const V gF = M::c(gstats[r * kNumStats + kStatF]);
-      const scalar_t* xr = x + r * len + s0;
-      const scalar_t* tr = t + r * len + s0;
-      scalar_t* out = dx + r * len + s0;
-      auto value = [&](V xv, V tv) {
-        V m = M::c(1);
-        if (a.has_ignore) m = M::where(M::eq(tv, ign), zero, m);
-        tv = M::where(M::eq(m, zero), zero, tv);
-        V p = xv, dp = M::c(1);
-        if (a.from_logits) {
-          V q, l;
-          sigmoid_parts<M>(xv, p, q, l);
-          dp = p * q;
-        }
-        V d = (gD * abs_diff_grad<M>(p, tv) + gP) * dp;
-        if (focal) d = d + gF * sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm);
-        return d * m;
-      };
-      int64_t i = 0;
-      for (; i + W <= n; i += W) S::store(out + i, value(S::load(xr + i), S::load(tr + i)));
-      if (i < n) {
-        const Padded<scalar_t, W> px(xr + i, n - i), pt(tr + i, n - i);
-        scalar_t buf[W];
-        S::store(buf, value(S::load(px.v), S::load(pt.v)));
-        for (int64_t j = 0; j < n - i; ++j) out[i + j] = buf[j];
-      }
+      const int64_t off = r * len + s0;
+      dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
+        row_chunk_backward<scalar_t, G, decltype(lanes)::value>(
+            gstats + r * kNumStats, x + off, t + off, n, a, focal, dx + off);
+      });
     }
   });
 }
@@ -489,22 +559,24 @@ inline int64_t chunk_targets(const int64_t* y, int64_t n, int64_t padded,
 }
 
 // Per-pixel log-sum-exp over classes of a chunk (x points at class 0 of the chunk).
-template <typename scalar_t>
-void chunk_lse(const scalar_t* x, int64_t padded, const MulticlassArgs& a,
-               typename Simd<scalar_t>::V* lse, const scalar_t* xpad_src, int64_t n) {
-  (void)xpad_src;
-  (void)n;
-  using S = Simd<scalar_t>;
+template <typename scalar_t, int L>
+CVOPS_CPU_INLINE void chunk_lse(const scalar_t* x, int64_t padded, const MulticlassArgs& a,
+                                typename SimdT<scalar_t, L>::V* lse) {
+  using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
   constexpr int64_t W = S::W;
   const int64_t nv = padded / W;
-  for (int64_t v = 0; v < nv; ++v) lse[v] = M::c(-std::numeric_limits<double>::infinity());
+  V sum[kPixChunk / W + 1];
+  for (int64_t v = 0; v < nv; ++v) {
+    lse[v] = M::c(-std::numeric_limits<double>::infinity());
+    sum[v] = M::c(0);
+  }
   for (int64_t c = 0; c < a.classes; ++c)
     for (int64_t v = 0; v < nv; ++v) lse[v] = M::max(lse[v], S::load(x + c * a.len + v * W));
-  std::vector<V> sum(nv, M::c(0));
   for (int64_t c = 0; c < a.classes; ++c)
-    for (int64_t v = 0; v < nv; ++v) sum[v] = sum[v] + M::exp(S::load(x + c * a.len + v * W) - lse[v]);
+    for (int64_t v = 0; v < nv; ++v)
+      sum[v] = sum[v] + M::exp(S::load(x + c * a.len + v * W) - lse[v]);
   for (int64_t v = 0; v < nv; ++v) lse[v] = lse[v] + M::log(sum[v]);
 }
 
@@ -524,10 +596,11 @@ const scalar_t* chunk_view(const scalar_t* x, int64_t n, int64_t padded, const M
   return buf.data();
 }
 
-template <typename scalar_t, int G, bool kFocal>
-int64_t multiclass_chunk_stats(const scalar_t* x_in, const int64_t* y, int64_t n,
-                               const MulticlassArgs& a_in, double* out /*[C, kNumStats]*/) {
-  using S = Simd<scalar_t>;
+template <typename scalar_t, int G, bool kFocal, int L>
+CVOPS_CPU_INLINE int64_t multiclass_chunk_stats(const scalar_t* x_in, const int64_t* y,
+                                                int64_t n, const MulticlassArgs& a_in,
+                                                double* out /*[C, kNumStats]*/) {
+  using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
   constexpr int64_t W = S::W;
@@ -540,7 +613,7 @@ int64_t multiclass_chunk_stats(const scalar_t* x_in, const int64_t* y, int64_t n
   MulticlassArgs a = a_in;
   a.len = stride;
   V lse[kPixChunk / W + 1];
-  if (a.from_logits) chunk_lse<scalar_t>(x, padded, a, lse, nullptr, 0);
+  if (a.from_logits) chunk_lse<scalar_t, L>(x, padded, a, lse);
   const V one = M::c(1), zero = M::c(0), gm = M::c(a.gamma);
   for (int64_t c = 0; c < a.classes; ++c) {
     V sD = zero, sP = zero, sT = zero, sF = zero;
@@ -588,8 +661,12 @@ void multiclass_stats(const scalar_t* x, const int64_t* y, int64_t batch,
         const scalar_t* xc = x + b * C * L + s0;
         const int64_t* yc = y + b * L + s0;
         double* o = &partial[task * C * kNumStats];
-        const int64_t r = focal ? multiclass_chunk_stats<scalar_t, G, true>(xc, yc, n, a, o)
-                                : multiclass_chunk_stats<scalar_t, G, false>(xc, yc, n, a, o);
+        int64_t r = -1;
+        dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
+          constexpr int L = decltype(lanes)::value;
+          r = focal ? multiclass_chunk_stats<scalar_t, G, true, L>(xc, yc, n, a, o)
+                    : multiclass_chunk_stats<scalar_t, G, false, L>(xc, yc, n, a, o);
+        });
         if (r >= 0) bad[task] = s0 + r;
       }
     });
@@ -612,11 +689,13 @@ void multiclass_stats(const scalar_t* x, const int64_t* y, int64_t batch,
 // Backward: with g_c = (gD_c sign(p_c - t_c) + gP_c) m (Dice, in probability space),
 //   dx_c = p_c (g_c - sum_k g_k p_k)                                 (softmax chain rule)
 //        + gF_y m dfocal/dlogp_y ([c == y] - p_c)                    (softmax focal)
-template <typename scalar_t, int G>
-void multiclass_chunk_backward(const double* gstats /*[C, kNumStats]*/, const scalar_t* x_in,
-                               const int64_t* y, int64_t n, const MulticlassArgs& a_in,
-                               bool focal, scalar_t* dx /*row stride a_in.len*/) {
-  using S = Simd<scalar_t>;
+template <typename scalar_t, int G, int L>
+CVOPS_CPU_INLINE void multiclass_chunk_backward(const double* gstats /*[C, kNumStats]*/,
+                                                const scalar_t* x_in, const int64_t* y,
+                                                int64_t n, const MulticlassArgs& a_in,
+                                                bool focal,
+                                                scalar_t* dx /*row stride a_in.len*/) {
+  using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
   constexpr int64_t W = S::W;
@@ -632,8 +711,11 @@ void multiclass_chunk_backward(const double* gstats /*[C, kNumStats]*/, const sc
   V lse[kPixChunk / W + 1];
   V dot[kPixChunk / W + 1], py[kPixChunk / W + 1], ly[kPixChunk / W + 1],
       ay[kPixChunk / W + 1], gfy[kPixChunk / W + 1];
-  std::vector<V> prob(C * nv);
-  if (a.from_logits) chunk_lse<scalar_t>(x, padded, a, lse, nullptr, 0);
+  // Probabilities of the chunk, as plain floats (a std::vector of SIMD vectors would not be
+  // guaranteed its 32-byte alignment), accessed with unaligned copies.
+  using lane_t = std::conditional_t<W == 1, double, float>;
+  std::vector<lane_t> prob(C * nv * W);
+  if (a.from_logits) chunk_lse<scalar_t, L>(x, padded, a, lse);
   for (int64_t v = 0; v < nv; ++v) dot[v] = py[v] = ly[v] = ay[v] = gfy[v] = zero;
   for (int64_t c = 0; c < C; ++c) {
     const V gD = M::c(gstats[c * kNumStats + kStatD]), gP = M::c(gstats[c * kNumStats + kStatP]);
@@ -655,7 +737,7 @@ void multiclass_chunk_backward(const double* gstats /*[C, kNumStats]*/, const sc
           gfy[v] = gfy[v] + t * gF;
         }
       }
-      prob[c * nv + v] = p;
+      std::memcpy(&prob[(c * nv + v) * W], &p, sizeof(V));
       dot[v] = dot[v] + (gD * abs_diff_grad<M>(p, t) + gP) * m * p;
     }
   }
@@ -674,7 +756,8 @@ void multiclass_chunk_backward(const double* gstats /*[C, kNumStats]*/, const sc
       const auto yv = S::loadi(cls + v * W);
       const V m = M::where(yv >= S::spliti(0), one, zero);
       const V t = M::where(yv == cc, one, zero);
-      const V p = prob[c * nv + v];
+      V p;
+      std::memcpy(&p, &prob[(c * nv + v) * W], sizeof(V));
       const V g = (gD * abs_diff_grad<M>(p, t) + gP) * m;
       V d = a.from_logits ? p * (g - dot[v]) : g;
       if (focal) d = d + gfy[v] * (t - p);
@@ -701,9 +784,11 @@ void multiclass_stats_backward(const double* gstats, const scalar_t* x, const in
         const int64_t b = task / chunks, k = task % chunks;
         const int64_t s0 = k * kPixChunk, n = std::min(kPixChunk, L - s0);
         if (n <= 0) continue;
-        multiclass_chunk_backward<scalar_t, G>(gstats + b * C * kNumStats, x + b * C * L + s0,
-                                               y + b * L + s0, n, a, focal,
-                                               dx + b * C * L + s0);
+        dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
+          multiclass_chunk_backward<scalar_t, G, decltype(lanes)::value>(
+              gstats + b * C * kNumStats, x + b * C * L + s0, y + b * L + s0, n, a, focal,
+              dx + b * C * L + s0);
+        });
       }
     });
   });
