@@ -12,6 +12,10 @@ TORCH_LIBRARY_FRAGMENT(cvops, m) {
   m.def(
       "_sigmoid_focal_loss_backward(Tensor grad, Tensor input, Tensor target, float alpha, "
       "float gamma, int reduction) -> Tensor");
+  // Forward that also returns d(loss)/d(input) for grad_output = 1 (saved for backward).
+  m.def(
+      "_sigmoid_focal_loss_fused(Tensor input, Tensor target, float alpha, float gamma, "
+      "int reduction) -> (Tensor, Tensor)");
   m.def(
       "_loss_stats(Tensor input, Tensor target, Tensor alpha, int mode, bool from_logits, "
       "bool has_ignore, int ignore_index, float gamma, bool focal) -> Tensor");

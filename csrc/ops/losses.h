@@ -121,6 +121,19 @@ CVOPS_LOSS_FN T sigmoid_focal_grad(T x, T t, T a1, T a0, T gamma) {
               bce_with_logits<M>(x, t, l) * dpow_gamma<G, M>(m, gamma) * dm);
 }
 
+// Both of the above from one evaluation of the sigmoid (the fused forward used for autograd).
+template <int G, typename M, typename T>
+CVOPS_LOSS_FN void sigmoid_focal_term_and_grad(T x, T t, T a1, T a0, T gamma, T& loss, T& grad) {
+  T p, q, l;
+  sigmoid_parts<M>(x, p, q, l);
+  const T m = p * (M::c(1) - t) + q * t;
+  const T a = a0 + (a1 - a0) * t;
+  const T ce = bce_with_logits<M>(x, t, l);
+  const T mg = pow_gamma<G, M>(m, gamma);
+  loss = a * ce * mg;
+  grad = a * ((p - t) * mg + ce * dpow_gamma<G, M>(m, gamma) * (p * q * (M::c(1) - M::c(2) * t)));
+}
+
 // Softmax focal loss of a pixel from log p of its target class: -a (1 - p)^g log p.
 template <int G, typename M, typename T>
 CVOPS_LOSS_FN T softmax_focal_term(T logp, T p, T a, T gamma) {

@@ -82,9 +82,11 @@ def sigmoid_focal_loss(
     if not targets.is_floating_point():
         targets = targets.to(inputs.dtype)
     code = _reduction_code(reduction)
-    return torch.ops.cvops.sigmoid_focal_loss(
-        inputs, targets, _number(alpha, "alpha"), _number(gamma, "gamma"), code
-    )
+    args = (inputs, targets, _number(alpha, "alpha"), _number(gamma, "gamma"), code)
+    if torch.is_grad_enabled() and inputs.requires_grad:
+        # One pass computes the loss and its gradient (saved; backward only scales it).
+        return torch.ops.cvops._sigmoid_focal_loss_fused(*args)[0]
+    return torch.ops.cvops.sigmoid_focal_loss(*args)
 
 
 def _class_alpha(alpha, num_classes: int, like: Tensor) -> Tensor:
@@ -444,6 +446,26 @@ def _register():
 
     torch.library.register_autograd(
         "cvops::sigmoid_focal_loss", sfl_backward, setup_context=sfl_setup
+    )
+
+    @torch.library.register_fake("cvops::_sigmoid_focal_loss_fused")
+    def _sfl_fused_fake(input, target, alpha, gamma, reduction):
+        torch._check(input.shape == target.shape, lambda: "inputs and targets shape mismatch")
+        grad = torch.empty_like(input, memory_format=torch.contiguous_format)
+        if reduction == 0:
+            return torch.empty_like(input, memory_format=torch.contiguous_format), grad
+        return input.new_empty(()), grad
+
+    def fused_setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    def fused_backward(ctx, grad_loss, _grad_grad):
+        (saved,) = ctx.saved_tensors
+        return saved * grad_loss.to(saved.dtype), None, None, None, None
+
+    torch.library.register_autograd(
+        "cvops::_sigmoid_focal_loss_fused", fused_backward, setup_context=fused_setup
     )
 
     @torch.library.register_fake("cvops::_loss_stats")

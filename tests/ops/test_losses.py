@@ -287,6 +287,7 @@ def test_gradcheck_all_ops():
     tb = (torch.rand(2, 3, 4, 5) < 0.4).double()
     a = torch.rand(3, dtype=torch.float64)
     checks = [
+        lambda x: torch.ops.cvops.sigmoid_focal_loss(x, tb, 0.3, 1.5, 1),
         lambda x: cvops.sigmoid_focal_loss(x, tb, 0.3, 1.5, "none"),
         lambda x: cvops.sigmoid_focal_loss(x, tb, -1, 2, "mean"),
         lambda x: cvops.softmax_focal_loss(x, tc, a, 2.0, ignore_index=-1),
@@ -312,6 +313,8 @@ def test_opcheck():
     ops = torch.ops.cvops
     for red in (0, 1, 2):
         torch.library.opcheck(ops.sigmoid_focal_loss.default, (x, tb, 0.25, 2.0, red))
+    for red in (0, 1, 2):
+        torch.library.opcheck(ops._sigmoid_focal_loss_fused.default, (x, tb, 0.25, 1.5, red))
     torch.library.opcheck(ops._loss_stats.default, (x, tb, a1, 1, True, False, 0, 2.0, True))
     torch.library.opcheck(ops._loss_stats.default, (x, tc, ac, 2, True, True, -100, 2.0, True))
     g = torch.randn(2, 3, 5)

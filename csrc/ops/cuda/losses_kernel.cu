@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <tuple>
 #include <type_traits>
 
 #include "common/cuda_utils.cuh"
@@ -59,7 +60,7 @@ __global__ void sigmoid_focal_elementwise_kernel(int64_t n, const scalar_t* __re
   using acc_t = at::opmath_type<scalar_t>;
   using M = ScalarMath<acc_t>;
   const acc_t a1 = fa.a1, a0 = fa.a0, gm = fa.gamma, mult = g_mult;
-  const acc_t g0 = g == nullptr ? acc_t(1) : static_cast<acc_t>(g[0]) * mult;
+  const acc_t g0 = (g == nullptr ? acc_t(1) : static_cast<acc_t>(g[0])) * mult;
   CVOPS_CUDA_KERNEL_LOOP(i, n) {
     const acc_t xv = static_cast<acc_t>(x[i]), tv = static_cast<acc_t>(t[i]);
     acc_t r = kGrad ? sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm)
@@ -410,6 +411,33 @@ at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad, const at::Te
   return out;
 }
 
+// Loss and its gradient for grad_output = 1 (two launches; the loss is the plain forward).
+std::tuple<at::Tensor, at::Tensor> sigmoid_focal_loss_fused_cuda(const at::Tensor& input,
+                                                                 const at::Tensor& target,
+                                                                 double alpha, double gamma,
+                                                                 int64_t reduction) {
+  at::Tensor loss = sigmoid_focal_loss_cuda(input, target, alpha, gamma, reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.contiguous(), t = target.contiguous();
+  const int64_t n = x.numel();
+  at::Tensor grad = at::empty(input.sizes(), input.options());
+  if (n == 0) return {loss, grad};
+  const FocalArgs fa = focal_args(alpha, gamma);
+  const double mult = reduction == kReduceMean ? 1.0 / static_cast<double>(n) : 1.0;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "cvops_sigmoid_focal_fused_cuda", [&] {
+    dispatch_gamma(gamma, [&](auto gtag) {
+      sigmoid_focal_elementwise_kernel<scalar_t, decltype(gtag)::value, true>
+          <<<cuda_blocks(n), kCudaThreads, 0, stream>>>(
+              n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, false,
+              mult, fa, grad.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {loss, grad};
+}
+
 at::Tensor loss_stats_cuda(const at::Tensor& input, const at::Tensor& target,
                            const at::Tensor& alpha, int64_t mode, bool from_logits,
                            bool has_ignore, int64_t ignore_index, double gamma, bool focal) {
@@ -510,6 +538,7 @@ at::Tensor loss_stats_backward_cuda(const at::Tensor& grad, const at::Tensor& in
 TORCH_LIBRARY_IMPL(cvops, CUDA, m) {
   m.impl("sigmoid_focal_loss", &sigmoid_focal_loss_cuda);
   m.impl("_sigmoid_focal_loss_backward", &sigmoid_focal_loss_backward_cuda);
+  m.impl("_sigmoid_focal_loss_fused", &sigmoid_focal_loss_fused_cuda);
   m.impl("_loss_stats", &loss_stats_cuda);
   m.impl("_loss_stats_backward", &loss_stats_backward_cuda);
 }
