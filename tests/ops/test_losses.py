@@ -439,3 +439,20 @@ def test_bad_input():
         torch.ops.cvops._loss_stats(
             x.reshape(2, 3, -1), tb.reshape(2, 3, -1), torch.ones(1), 1, False, False, 0, 2.0, True
         )
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_sigmoid_focal_fused_path_matches_plain(reduction):
+    # requires_grad selects the fused loss+gradient kernel; both paths give the same loss.
+    x = torch.randn(301, 29)
+    t = (torch.rand(301, 29) < 0.2).float()
+    plain = cvops.sigmoid_focal_loss(x, t, reduction=reduction)
+    fused = cvops.sigmoid_focal_loss(x.clone().requires_grad_(), t, reduction=reduction)
+    torch.testing.assert_close(fused.detach(), plain, rtol=1e-6, atol=1e-6)
+    g_direct = torch.ops.cvops._sigmoid_focal_loss_backward(
+        torch.ones_like(plain), x, t, 0.25, 2.0, {"none": 0, "mean": 1, "sum": 2}[reduction]
+    )
+    g_fused = torch.ops.cvops._sigmoid_focal_loss_fused(
+        x, t, 0.25, 2.0, {"none": 0, "mean": 1, "sum": 2}[reduction]
+    )[1]
+    torch.testing.assert_close(g_fused, g_direct)
