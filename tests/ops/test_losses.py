@@ -2,6 +2,8 @@
 pure-PyTorch references: values, gradients, dtypes, edge cases, bad input."""
 
 import importlib.util
+import os
+import subprocess
 import sys
 
 import pytest
@@ -10,7 +12,7 @@ import torchvision
 
 import cvops
 from cvops.ops import _reference as ref
-from tests.conftest import devices, requires_ops
+from tests.conftest import devices, requires_cuda, requires_ops
 
 pytestmark = requires_ops
 
@@ -456,3 +458,43 @@ def test_sigmoid_focal_fused_path_matches_plain(reduction):
         x, t, 0.25, 2.0, {"none": 0, "mean": 1, "sum": 2}[reduction]
     )[1]
     torch.testing.assert_close(g_fused, g_direct)
+
+
+@requires_cuda
+def test_cuda_out_of_range_target_gives_nan():
+    # CUDA cannot raise without a host sync: a bad class makes the loss NaN instead.
+    x = torch.randn(2, 3, 4, 4, device="cuda")
+    t = torch.randint(0, 3, (2, 4, 4), device="cuda")
+    t[0, 0, 0] = 7
+    assert torch.isnan(cvops.softmax_focal_loss(x, t))
+    assert torch.isnan(cvops.dice_loss(x, t, "multiclass"))
+
+
+def test_sse_baseline_path_matches_reference(tmp_path):
+    # The CPU kernels pick AVX2 at run time; CVOPS_DISABLE_AVX2=1 forces the SSE2 baseline.
+    code = (
+        "import torch, torchvision, cvops\n"
+        "from cvops.ops import _reference as ref\n"
+        "torch.manual_seed(0)\n"
+        "x = torch.randn(2, 5, 9, 13, requires_grad=True)\n"
+        "t = torch.randint(0, 5, (2, 9, 13))\n"
+        "tb = (torch.rand(2, 5, 9, 13) < 0.3).float()\n"
+        "for f, r in [(lambda x: cvops.dice_focal_loss(x, t, 'multiclass', alpha=0.5),\n"
+        "              lambda x: ref.dice_loss_reference(x, t, 'multiclass')\n"
+        "              + ref.softmax_focal_loss_reference(x, t, 0.5)),\n"
+        "             (lambda x: cvops.sigmoid_focal_loss(x, tb, reduction='sum'),\n"
+        "              lambda x: torchvision.ops.sigmoid_focal_loss(x, tb, reduction='sum')),\n"
+        "             (lambda x: cvops.dice_loss(x, tb, 'multilabel', ignore_index=1),\n"
+        "              lambda x: ref.dice_loss_reference(x, tb, 'multilabel', ignore_index=1))]:\n"
+        "    a, = torch.autograd.grad(f(x), x)\n"
+        "    b, = torch.autograd.grad(r(x), x)\n"
+        "    torch.testing.assert_close(f(x), r(x), rtol=1e-5, atol=1e-5)\n"
+        "    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)\n"
+        "print('OK')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cvops.__file__)))
+    env = dict(os.environ, CVOPS_DISABLE_AVX2="1", PYTHONPATH=root)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
