@@ -205,6 +205,16 @@ def _prepare(input: Tensor, target: Tensor, mode: int):
     return x, target.reshape(x.shape).to(input.dtype)
 
 
+def _check_ignore_representable(ignore_index, mode, dtype):
+    # Binary / multilabel targets are compared with ignore_index in the input's dtype.
+    if ignore_index is not None and mode != 2 and not torch.compiler.is_compiling():
+        if float(torch.tensor(float(ignore_index), dtype=dtype)) != float(ignore_index):
+            raise ValueError(
+                "ignore_index=%d is not exactly representable in %s (the dtype the targets are "
+                "compared in); use a value such as -1 or 255" % (ignore_index, dtype)
+            )
+
+
 def _dice_from_stats(stats, smooth, eps, log_loss, per_image):
     d, p, t = stats[..., 0], stats[..., 1], stats[..., 2]
     if not per_image:
@@ -264,6 +274,7 @@ def dice_loss(
     code = _reduction_code(reduction)
     has_ignore, ignore = _ignore(ignore_index)
     x, t = _prepare(input, target, m)
+    _check_ignore_representable(ignore_index, m, x.dtype)
     alpha = x.new_ones(x.size(1) if m == 2 else 1, dtype=torch.float32)
     stats = torch.ops.cvops._loss_stats(
         x, t, alpha, m, bool(from_logits), has_ignore, ignore, 2.0, False
@@ -299,6 +310,7 @@ def dice_focal_loss(
     m = _mode_code(mode)
     has_ignore, ignore = _ignore(ignore_index)
     x, t = _prepare(input, target, m)
+    _check_ignore_representable(ignore_index, m, x.dtype)
     gamma = _number(gamma, "gamma")
     if m == 2:
         a = _class_alpha(alpha, x.size(1), x)

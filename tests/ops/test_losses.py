@@ -339,6 +339,7 @@ def test_torch_compile_fullgraph():
             + cvops.dice_loss(x, tc, "multiclass")
             + cvops.dice_focal_loss(x, tc, "multiclass")
             + cvops.softmax_focal_loss(x, tc)
+            + cvops.dice_loss(x, tb, "multilabel", ignore_index=255)
         )
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
@@ -435,6 +436,8 @@ def test_bad_input():
         cvops.softmax_focal_loss(x, tc, alpha=torch.ones(4))
     with pytest.raises(ValueError, match="multilabel target"):
         cvops.dice_loss(x, tb.reshape(2, 4, 3, 4), "multilabel")
+    with pytest.raises(ValueError, match="not exactly representable"):
+        cvops.dice_loss(x.bfloat16(), tb.bfloat16(), "multilabel", ignore_index=257)
     with pytest.raises(TypeError, match="ignore_index"):
         cvops.dice_loss(x, tc, "multiclass", ignore_index=1.5)
     with pytest.raises(ValueError, match="needs logits"):
