@@ -97,41 +97,38 @@ CVOPS_LOSS_FN T bce_with_logits(T x, T t, T l) {
   return M::max(x, M::c(0)) - x * t + l;
 }
 
-// torchvision's sigmoid focal loss of one element:
-//   alpha_t * bce(x, t) * (1 - p_t)^gamma,  1 - p_t = p (1 - t) + (1 - p) t,
-//   alpha_t = a0 + (a1 - a0) t   (a1 = alpha, a0 = 1 - alpha; both 1 when alpha < 0).
+// torchvision's sigmoid focal loss of one element and its derivative in x:
+//   loss = alpha_t bce(x, t) m^gamma,  m = 1 - p_t = p (1 - t) + (1 - p) t,
+//   alpha_t = a0 + (a1 - a0) t   (a1 = alpha, a0 = 1 - alpha; both 1 when alpha < 0),
+//   grad = alpha_t [(p - t) m^gamma + bce gamma m^(gamma-1) p (1 - p) (1 - 2t)].
+// One evaluation of the sigmoid gives both (the fused forward used with autograd). The
+// single-output forms below share this code; the unused half is dead after inlining.
 template <int G, typename M, typename T>
-CVOPS_LOSS_FN T sigmoid_focal_term(T x, T t, T a1, T a0, T gamma) {
-  T p, q, l;
-  sigmoid_parts<M>(x, p, q, l);
-  const T m = p * (M::c(1) - t) + q * t;
-  const T a = a0 + (a1 - a0) * t;
-  return a * bce_with_logits<M>(x, t, l) * pow_gamma<G, M>(m, gamma);
-}
-
-// d/dx of sigmoid_focal_term: alpha_t [(p - t) m^g + bce g m^(g-1) p (1 - p) (1 - 2t)].
-template <int G, typename M, typename T>
-CVOPS_LOSS_FN T sigmoid_focal_grad(T x, T t, T a1, T a0, T gamma) {
-  T p, q, l;
-  sigmoid_parts<M>(x, p, q, l);
-  const T m = p * (M::c(1) - t) + q * t;
-  const T a = a0 + (a1 - a0) * t;
-  const T dm = p * q * (M::c(1) - M::c(2) * t);
-  return a * ((p - t) * pow_gamma<G, M>(m, gamma) +
-              bce_with_logits<M>(x, t, l) * dpow_gamma<G, M>(m, gamma) * dm);
-}
-
-// Both of the above from one evaluation of the sigmoid (the fused forward used for autograd).
-template <int G, typename M, typename T>
-CVOPS_LOSS_FN void sigmoid_focal_term_and_grad(T x, T t, T a1, T a0, T gamma, T& loss, T& grad) {
+CVOPS_LOSS_FN void sigmoid_focal_term_and_grad(T x, T t, T a1, T a0, T gamma, T& loss,
+                                               T& grad) {
   T p, q, l;
   sigmoid_parts<M>(x, p, q, l);
   const T m = p * (M::c(1) - t) + q * t;
   const T a = a0 + (a1 - a0) * t;
   const T ce = bce_with_logits<M>(x, t, l);
   const T mg = pow_gamma<G, M>(m, gamma);
+  const T dm = p * q * (M::c(1) - M::c(2) * t);
   loss = a * ce * mg;
-  grad = a * ((p - t) * mg + ce * dpow_gamma<G, M>(m, gamma) * (p * q * (M::c(1) - M::c(2) * t)));
+  grad = a * ((p - t) * mg + ce * dpow_gamma<G, M>(m, gamma) * dm);
+}
+
+template <int G, typename M, typename T>
+CVOPS_LOSS_FN T sigmoid_focal_term(T x, T t, T a1, T a0, T gamma) {
+  T loss, grad;
+  sigmoid_focal_term_and_grad<G, M>(x, t, a1, a0, gamma, loss, grad);
+  return loss;
+}
+
+template <int G, typename M, typename T>
+CVOPS_LOSS_FN T sigmoid_focal_grad(T x, T t, T a1, T a0, T gamma) {
+  T loss, grad;
+  sigmoid_focal_term_and_grad<G, M>(x, t, a1, a0, gamma, loss, grad);
+  return grad;
 }
 
 // Softmax focal loss of a pixel from log p of its target class: -a (1 - p)^g log p.
