@@ -340,6 +340,7 @@ def test_torch_compile_fullgraph():
             + cvops.dice_focal_loss(x, tc, "multiclass")
             + cvops.softmax_focal_loss(x, tc)
             + cvops.dice_loss(x, tb, "multilabel", ignore_index=255)
+            + cvops.softmax_focal_loss(x, tc, reduction="none").sum()
         )
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
