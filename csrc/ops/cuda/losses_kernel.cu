@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -50,23 +51,71 @@ inline FocalArgs focal_args(double alpha, double gamma) {
 
 // ---------------------------------------------------------------------------------------
 // Sigmoid focal loss, elementwise: out = scale * term (forward) or scale * gradient.
+// Vectorised: each thread moves VEC elements (16 bytes) per load/store.
 // ---------------------------------------------------------------------------------------
-template <typename scalar_t, int G, bool kGrad>
-__global__ void sigmoid_focal_elementwise_kernel(int64_t n, const scalar_t* __restrict__ x,
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// g_elem: per-element upstream gradient (or null); g_scalar: one upstream value (or null = 1).
+template <typename scalar_t, int G, bool kGrad, int VEC>
+__global__ void sigmoid_focal_elementwise_kernel(int64_t packs, const scalar_t* __restrict__ x,
                                                  const scalar_t* __restrict__ t,
-                                                 const scalar_t* __restrict__ g, bool g_full,
+                                                 const scalar_t* __restrict__ g_elem,
+                                                 const scalar_t* __restrict__ g_scalar,
                                                  double g_mult, FocalArgs fa,
                                                  scalar_t* __restrict__ out) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = ScalarMath<acc_t>;
+  using P = Pack<scalar_t, VEC>;
   const acc_t a1 = fa.a1, a0 = fa.a0, gm = fa.gamma, mult = g_mult;
-  const acc_t g0 = (g == nullptr ? acc_t(1) : static_cast<acc_t>(g[0])) * mult;
-  CVOPS_CUDA_KERNEL_LOOP(i, n) {
-    const acc_t xv = static_cast<acc_t>(x[i]), tv = static_cast<acc_t>(t[i]);
-    acc_t r = kGrad ? sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm)
-                    : sigmoid_focal_term<G, M>(xv, tv, a1, a0, gm);
-    r *= g_full ? static_cast<acc_t>(g[i]) * mult : g0;
-    out[i] = static_cast<scalar_t>(r);
+  const acc_t g0 = (g_scalar == nullptr ? acc_t(1) : static_cast<acc_t>(g_scalar[0])) * mult;
+  CVOPS_CUDA_KERNEL_LOOP(i, packs) {
+    const P xp = reinterpret_cast<const P*>(x)[i];
+    const P tp = reinterpret_cast<const P*>(t)[i];
+    P gp;
+    if (g_elem != nullptr) gp = reinterpret_cast<const P*>(g_elem)[i];
+    P op;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const acc_t xv = static_cast<acc_t>(xp.v[k]), tv = static_cast<acc_t>(tp.v[k]);
+      acc_t r = kGrad ? sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm)
+                      : sigmoid_focal_term<G, M>(xv, tv, a1, a0, gm);
+      r *= g_elem != nullptr ? static_cast<acc_t>(gp.v[k]) * mult : g0;
+      op.v[k] = static_cast<scalar_t>(r);
+    }
+    reinterpret_cast<P*>(out)[i] = op;
+  }
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Packs of 16 bytes when every pointer allows it, then the remaining elements one by one.
+template <typename scalar_t, int G, bool kGrad>
+void launch_sigmoid_focal_elementwise(int64_t n, const scalar_t* x, const scalar_t* t,
+                                      const scalar_t* g_elem, const scalar_t* g_scalar,
+                                      double g_mult, const FocalArgs& fa, scalar_t* out,
+                                      cudaStream_t stream) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  int64_t done = 0;
+  if (aligned16(x) && aligned16(t) && aligned16(out) &&
+      (g_elem == nullptr || aligned16(g_elem))) {
+    const int64_t packs = n / VEC;
+    if (packs > 0) {
+      sigmoid_focal_elementwise_kernel<scalar_t, G, kGrad, VEC>
+          <<<cuda_blocks(packs), kCudaThreads, 0, stream>>>(packs, x, t, g_elem, g_scalar,
+                                                            g_mult, fa, out);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      done = packs * VEC;
+    }
+  }
+  if (done < n) {
+    sigmoid_focal_elementwise_kernel<scalar_t, G, kGrad, 1>
+        <<<cuda_blocks(n - done), kCudaThreads, 0, stream>>>(
+            n - done, x + done, t + done, g_elem == nullptr ? nullptr : g_elem + done, g_scalar,
+            g_mult, fa, out + done);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
@@ -367,11 +416,9 @@ at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& input, const at::Tensor& ta
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
       dispatch_gamma(gamma, [&](auto gtag) {
-        sigmoid_focal_elementwise_kernel<scalar_t, decltype(gtag)::value, false>
-            <<<cuda_blocks(n), kCudaThreads, 0, stream>>>(
-                n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, false,
-                1.0, fa, out.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_sigmoid_focal_elementwise<scalar_t, decltype(gtag)::value, false>(
+            n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, nullptr,
+            1.0, fa, out.mutable_data_ptr<scalar_t>(), stream);
       });
     });
     return out;
@@ -401,11 +448,10 @@ at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad, const at::Te
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     dispatch_gamma(gamma, [&](auto gtag) {
-      sigmoid_focal_elementwise_kernel<scalar_t, decltype(gtag)::value, true>
-          <<<cuda_blocks(n), kCudaThreads, 0, stream>>>(
-              n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-              g.const_data_ptr<scalar_t>(), full, mult, fa, out.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      launch_sigmoid_focal_elementwise<scalar_t, decltype(gtag)::value, true>(
+          n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), full ? gp : nullptr,
+          full ? nullptr : gp, mult, fa, out.mutable_data_ptr<scalar_t>(), stream);
     });
   });
   return out;
@@ -428,11 +474,9 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_focal_loss_fused_cuda(const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "cvops_sigmoid_focal_fused_cuda", [&] {
     dispatch_gamma(gamma, [&](auto gtag) {
-      sigmoid_focal_elementwise_kernel<scalar_t, decltype(gtag)::value, true>
-          <<<cuda_blocks(n), kCudaThreads, 0, stream>>>(
-              n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, false,
-              mult, fa, grad.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_sigmoid_focal_elementwise<scalar_t, decltype(gtag)::value, true>(
+          n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, nullptr,
+          mult, fa, grad.mutable_data_ptr<scalar_t>(), stream);
     });
   });
   return {loss, grad};
