@@ -13,3 +13,4 @@ from .ops.losses import (  # noqa: E402, F401
 )
 
 __all__ = ["ExtensionNotAvailable", "has_cuda", "has_ops", "ops", "roi_align"]
+__all__ += ["dice_focal_loss", "dice_loss", "sigmoid_focal_loss", "softmax_focal_loss"]
