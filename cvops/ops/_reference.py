@@ -196,3 +196,79 @@ def roi_pool_reference(input: Tensor, rois: Tensor, output_size, spatial_scale: 
     if not rows:
         return input.new_zeros((0, C, ph_n, pw_n))
     return torch.stack(rows, dim=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Losses: composed PyTorch, step by step as the published formulas.
+# ---------------------------------------------------------------------------------------
+
+
+def softmax_focal_loss_reference(
+    logits, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"
+):
+    """-alpha_y (1 - p_y)^gamma log p_y over non-ignored pixels (p = softmax over dim 1)."""
+    valid = target != ignore_index
+    y = torch.where(valid, target, torch.zeros_like(target)).long()
+    logp = torch.log_softmax(logits, 1).gather(1, y.unsqueeze(1)).squeeze(1)
+    loss = -((1 - logp.exp()) ** gamma) * logp
+    if alpha is not None:
+        a = (
+            alpha
+            if isinstance(alpha, Tensor)
+            else torch.full((logits.size(1),), float(alpha), dtype=torch.float64)
+        )
+        loss = loss * a.to(loss)[y]
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / valid.sum()
+    return loss
+
+
+def dice_loss_reference(
+    input,
+    target,
+    mode="binary",
+    from_logits=True,
+    smooth=0.0,
+    eps=1e-7,
+    ignore_index=None,
+    log_loss=False,
+    per_image=False,
+    reduction="mean",
+):
+    """segmentation_models_pytorch 0.6 DiceLoss, composed (plus per_image and reduction)."""
+    n, c = input.shape[:2]
+    if from_logits:
+        p = input.log_softmax(1).exp() if mode == "multiclass" else input.sigmoid()
+    else:
+        p = input
+    if mode == "multiclass":
+        y = target.reshape(n, -1)
+        p = p.reshape(n, c, -1)
+        mask = torch.ones_like(y, dtype=torch.bool) if ignore_index is None else y != ignore_index
+        t = torch.nn.functional.one_hot(torch.where(mask, y, 0).long(), c).permute(0, 2, 1)
+        t = t * mask.unsqueeze(1)
+        p = p * mask.unsqueeze(1)
+    else:
+        cc = 1 if mode == "binary" else c
+        t = target.reshape(n, cc, -1)
+        p = p.reshape(n, cc, -1)
+        if ignore_index is not None:
+            mask = t != ignore_index
+            p, t = p * mask, t * mask
+    t = t.to(p.dtype)
+    dims = (2,) if per_image else (0, 2)
+    ps, ts = p.sum(dims), t.sum(dims)
+    inter = (ps + ts - (p - t).abs().sum(dims)) / 2
+    score = (inter + smooth) / (inter + 0.5 * (ps - inter) + 0.5 * (ts - inter) + smooth).clamp_min(
+        eps
+    )
+    loss = -torch.log(score.clamp_min(eps)) if log_loss else 1.0 - score
+    loss = loss * (ts > 0).to(loss.dtype)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
