@@ -2,7 +2,11 @@
 
 __version__ = "0.1.0"
 
-from . import extension, ops  # noqa: E402, F401
+from . import (  # noqa: E402, F401
+    extension,
+    models,  # noqa: E402, F401
+    ops,
+)
 from .extension import ExtensionNotAvailable, has_cuda, has_ops  # noqa: E402
 from .ops import roi_align  # noqa: E402
 from .ops.depthwise_conv2d import depthwise_conv2d  # noqa: E402
