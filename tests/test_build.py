@@ -26,6 +26,12 @@ def test_cuda_kernels_compiled_when_torch_has_cuda():
     kernels = cvops.extension.registered_kernels()
     for op in ("cvops::roi_align", "cvops::_roi_align_backward"):
         assert "CUDA" in kernels[op], kernels
+    for op in (
+        "cvops::depthwise_conv2d",
+        "cvops::_depthwise_conv2d_backward_input",
+        "cvops::_depthwise_conv2d_backward_weight",
+    ):
+        assert "CUDA" in kernels[op], kernels
 
 
 def test_info_command_runs():

@@ -234,7 +234,9 @@ def _register():
                 grad_bias = None
         return grad_input, grad_weight, grad_bias, None, None, None
 
-    torch.library.register_autograd("cvops::depthwise_conv2d", backward, setup_context=setup_context)
+    torch.library.register_autograd(
+        "cvops::depthwise_conv2d", backward, setup_context=setup_context
+    )
 
     # Double backward. Both backward ops are bilinear, and their derivatives are the three
     # kernels again: gradgradcheck passes at no extra kernel cost.

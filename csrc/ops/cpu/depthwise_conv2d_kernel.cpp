@@ -32,143 +32,293 @@ namespace {
 
 using namespace depthwise_math;
 
-constexpr int kChunk = 9;  // taps summed per pass over a row
+// ---------------------------------------------------------------------------------------
+// Row kernels. A "row" is a whole plane flattened: all buffers are phase-split in both
+// directions (ops/depthwise_conv2d.h), so every kernel tap of every output of a plane reads
+// one contiguous range, offset by a per-tap constant. Taps are summed kChunk at a time in
+// registers.
+//
+// The loops use GCC/Clang vector extensions and are compiled twice: for the baseline ISA
+// and, through a target attribute, for AVX2+FMA, picked at run time. (at::vec::Vectorized
+// only gets its AVX2/AVX-512 specialisations inside ATen's per-ISA builds; an extension
+// compiled without -mavx2 gets the generic emulation, measured slower here.)
+// ---------------------------------------------------------------------------------------
 
-template <typename acc_t>
-struct Tap {
-  int64_t offset;  // into the padded phase-split plane, relative to the output row's base
-  acc_t weight;
+constexpr int kChunk = 9;      // taps summed per pass of the row kernel
+constexpr int kDotChunk = 10;  // taps (accumulators) per pass of the dot kernel
+
+// Row lengths are rounded up to a multiple of kRound (no scalar tail: the extra outputs are
+// discarded) and every buffer that is read at an offset gets kRound elements of slack.
+constexpr int64_t kRound = 8;
+inline int64_t round_up(int64_t n) { return (n + kRound - 1) / kRound * kRound; }
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define CVOPS_DW_HAS_AVX2_CLONE 1
+#define CVOPS_DW_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define CVOPS_DW_HAS_AVX2_CLONE 0
+#define CVOPS_DW_TARGET_AVX2
+#endif
+
+bool cpu_has_avx2() {
+#if CVOPS_DW_HAS_AVX2_CLONE
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+struct VecOf {
+  static constexpr int kLanes = 32 / sizeof(T);
+#if defined(__GNUC__)
+  typedef T type __attribute__((vector_size(32)));
+  typedef T unaligned __attribute__((vector_size(32), aligned(sizeof(T))));
+#endif
 };
 
-// dst[i] = (accumulate ? dst[i] : init) + sum_t w[t] * src[t][i] for i in [0, n).
+#if defined(__GNUC__)
+#define CVOPS_DW_VEC_LOOPS 1
+#else
+#define CVOPS_DW_VEC_LOOPS 0
+#endif
+
+// dst[i] = (accumulate ? dst[i] : init) + sum_t w[t] * src[t][i], i in [0, n).
+#define CVOPS_DW_FUSED_ROW_BODY                                                     \
+  using V = typename VecOf<acc_t>::type;                                            \
+  using U = typename VecOf<acc_t>::unaligned;                                       \
+  constexpr int64_t L = VecOf<acc_t>::kLanes;                                       \
+  const acc_t* p[T];                                                                \
+  V wv[T];                                                                          \
+  for (int t = 0; t < T; ++t) {                                                     \
+    p[t] = src[t];                                                                  \
+    wv[t] = V{} + w[t];                                                             \
+  }                                                                                 \
+  int64_t i = 0;                                                                    \
+  for (; i + L <= n; i += L) {                                                      \
+    V acc = accumulate ? V(*reinterpret_cast<const U*>(dst + i)) : V{} + init;      \
+    for (int t = 0; t < T; ++t) acc += wv[t] * V(*reinterpret_cast<const U*>(p[t] + i)); \
+    *reinterpret_cast<U*>(dst + i) = acc;                                           \
+  }                                                                                 \
+  for (; i < n; ++i) {                                                              \
+    acc_t acc = accumulate ? dst[i] : init;                                         \
+    for (int t = 0; t < T; ++t) acc += w[t] * p[t][i];                              \
+    dst[i] = acc;                                                                   \
+  }
+
+// out[t] += sum_i g[i] * src[t][i], i in [0, n).
+#define CVOPS_DW_FUSED_DOT_BODY                                                     \
+  using V = typename VecOf<acc_t>::type;                                            \
+  using U = typename VecOf<acc_t>::unaligned;                                       \
+  constexpr int64_t L = VecOf<acc_t>::kLanes;                                       \
+  const acc_t* p[T];                                                                \
+  V acc[T];                                                                         \
+  for (int t = 0; t < T; ++t) {                                                     \
+    p[t] = src[t];                                                                  \
+    acc[t] = V{};                                                                   \
+  }                                                                                 \
+  int64_t i = 0;                                                                    \
+  for (; i + L <= n; i += L) {                                                      \
+    const V gv = *reinterpret_cast<const U*>(g + i);                                \
+    for (int t = 0; t < T; ++t) acc[t] += gv * V(*reinterpret_cast<const U*>(p[t] + i)); \
+  }                                                                                 \
+  for (int t = 0; t < T; ++t) {                                                     \
+    acc_t sum = 0;                                                                  \
+    for (int64_t l = 0; l < L; ++l) sum += acc[t][l];                               \
+    for (int64_t j = i; j < n; ++j) sum += g[j] * p[t][j];                          \
+    out[t] += sum;                                                                  \
+  }
+
+#if CVOPS_DW_VEC_LOOPS
 template <int T, bool accumulate, typename acc_t>
-inline void fused_row(acc_t* __restrict dst, const acc_t* const* src, const acc_t* w,
-                      acc_t init, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  const acc_t* p[T];
-  Vec wv[T];
-  for (int t = 0; t < T; ++t) {
-    p[t] = src[t];
-    wv[t] = Vec(w[t]);
-  }
-  int64_t i = 0;
-  for (; i + V <= n; i += V) {
-    Vec acc = accumulate ? Vec::loadu(dst + i) : Vec(init);  // (compile-time branch)
-    for (int t = 0; t < T; ++t) acc = at::vec::fmadd(wv[t], Vec::loadu(p[t] + i), acc);
-    acc.store(dst + i);
-  }
-  for (; i < n; ++i) {
+void fused_row_base(acc_t* __restrict dst, const acc_t* const* src, const acc_t* w, acc_t init,
+                    int64_t n) {
+  CVOPS_DW_FUSED_ROW_BODY
+}
+
+template <int T, bool accumulate, typename acc_t>
+CVOPS_DW_TARGET_AVX2 void fused_row_avx2(acc_t* __restrict dst, const acc_t* const* src,
+                                         const acc_t* w, acc_t init, int64_t n) {
+  CVOPS_DW_FUSED_ROW_BODY
+}
+
+template <int T, typename acc_t>
+void fused_dot_base(acc_t* out, const acc_t* __restrict g, const acc_t* const* src, int64_t n) {
+  CVOPS_DW_FUSED_DOT_BODY
+}
+
+template <int T, typename acc_t>
+CVOPS_DW_TARGET_AVX2 void fused_dot_avx2(acc_t* out, const acc_t* __restrict g,
+                                         const acc_t* const* src, int64_t n) {
+  CVOPS_DW_FUSED_DOT_BODY
+}
+#else
+template <int T, bool accumulate, typename acc_t>
+void fused_row_base(acc_t* dst, const acc_t* const* src, const acc_t* w, acc_t init,
+                    int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
     acc_t acc = accumulate ? dst[i] : init;
-    for (int t = 0; t < T; ++t) acc += w[t] * p[t][i];
+    for (int t = 0; t < T; ++t) acc += w[t] * src[t][i];
     dst[i] = acc;
   }
 }
-
-template <typename acc_t>
-inline void fused_row_dispatch(int count, acc_t* dst, const acc_t* const* src, const acc_t* w,
-                               acc_t init, bool accumulate, int64_t n) {
-  switch (count) {
-#define CVOPS_DW_CASE(T) \
-  case T:                                                          \
-    return accumulate ? fused_row<T, true, acc_t>(dst, src, w, init, n) \
-                      : fused_row<T, false, acc_t>(dst, src, w, init, n);
-    CVOPS_DW_CASE(1)
-    CVOPS_DW_CASE(2)
-    CVOPS_DW_CASE(3)
-    CVOPS_DW_CASE(4)
-    CVOPS_DW_CASE(5)
-    CVOPS_DW_CASE(6)
-    CVOPS_DW_CASE(7)
-    CVOPS_DW_CASE(8)
-    CVOPS_DW_CASE(9)
-#undef CVOPS_DW_CASE
-    default:
-      TORCH_INTERNAL_ASSERT(false, "fused_row: bad tap count ", count);
+template <int T, typename acc_t>
+void fused_dot_base(acc_t* out, const acc_t* g, const acc_t* const* src, int64_t n) {
+  for (int t = 0; t < T; ++t) {
+    acc_t sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += g[i] * src[t][i];
+    out[t] += sum;
   }
 }
+#define fused_row_avx2 fused_row_base
+#define fused_dot_avx2 fused_dot_base
+#endif
 
-// dst[0, n) = init + sum over taps of weight * base[offset + i], in passes of kChunk taps.
+template <int T, bool accumulate, typename acc_t>
+inline void fused_row(acc_t* dst, const acc_t* const* src, const acc_t* w, acc_t init,
+                      int64_t n) {
+  if (cpu_has_avx2())
+    fused_row_avx2<T, accumulate, acc_t>(dst, src, w, init, n);
+  else
+    fused_row_base<T, accumulate, acc_t>(dst, src, w, init, n);
+}
+
+template <int T, typename acc_t>
+inline void fused_dot(acc_t* out, const acc_t* g, const acc_t* const* src, int64_t n) {
+  if (cpu_has_avx2())
+    fused_dot_avx2<T, acc_t>(out, g, src, n);
+  else
+    fused_dot_base<T, acc_t>(out, g, src, n);
+}
+
+#define CVOPS_DW_SWITCH_TAPS(COUNT, CALL) \
+  switch (COUNT) {                        \
+    case 1: CALL(1); break;               \
+    case 2: CALL(2); break;               \
+    case 3: CALL(3); break;               \
+    case 4: CALL(4); break;               \
+    case 5: CALL(5); break;               \
+    case 6: CALL(6); break;               \
+    case 7: CALL(7); break;               \
+    case 8: CALL(8); break;               \
+    case 9: CALL(9); break;               \
+    case 10: CALL(10); break;             \
+    default: TORCH_INTERNAL_ASSERT(false, "bad tap count ", COUNT); \
+  }
+
 template <typename acc_t>
-inline void sum_taps(acc_t* dst, const acc_t* base, const Tap<acc_t>* taps, int64_t count,
-                     acc_t init, int64_t n) {
-  const acc_t* src[kChunk];
-  acc_t w[kChunk];
+struct Tap {
+  int64_t offset;  // element offset of the tap's source range
+  acc_t weight;
+};
+
+// dst[0, n) = init + sum over taps of weight * base[offset + i], kChunk taps per pass.
+template <typename acc_t>
+void sum_taps(acc_t* dst, const acc_t* base, const Tap<acc_t>* taps, int64_t count, acc_t init,
+              int64_t n) {
   if (count == 0) {
     std::fill(dst, dst + n, init);
     return;
   }
+  const acc_t* src[kChunk];
+  acc_t w[kChunk];
   for (int64_t t0 = 0; t0 < count; t0 += kChunk) {
     const int c = static_cast<int>(std::min<int64_t>(kChunk, count - t0));
+    TORCH_INTERNAL_ASSERT(c <= kChunk);
     for (int t = 0; t < c; ++t) {
       src[t] = base + taps[t0 + t].offset;
       w[t] = taps[t0 + t].weight;
     }
-    fused_row_dispatch<acc_t>(c, dst, src, w, init, /*accumulate=*/t0 > 0, n);
+    if (t0 == 0) {
+#define CVOPS_DW_CALL(T) fused_row<T, false, acc_t>(dst, src, w, init, n)
+      CVOPS_DW_SWITCH_TAPS(c, CVOPS_DW_CALL)
+#undef CVOPS_DW_CALL
+    } else {
+#define CVOPS_DW_CALL(T) fused_row<T, true, acc_t>(dst, src, w, init, n)
+      CVOPS_DW_SWITCH_TAPS(c, CVOPS_DW_CALL)
+#undef CVOPS_DW_CALL
+    }
   }
 }
 
-// Sizes of the padded, phase-split copy of one input plane.
-struct PaddedPlane {
-  int64_t rows;     // H + 2 * pad_h
-  int64_t phases;   // stride_w
-  int64_t length;   // elements per phase row
-  int64_t numel() const { return rows * phases * length; }
-  // Element offset of (phase, row, index).
-  int64_t at(int64_t phase, int64_t row, int64_t index) const {
-    return (phase * rows + row) * length + index;
+// out[t] += sum_i g[i] * base[offset_t + i] for every tap, kChunk taps per pass.
+template <typename acc_t>
+void dot_taps(acc_t* out, const acc_t* g, const acc_t* base, const int64_t* offsets,
+              int64_t count, int64_t n) {
+  const acc_t* src[kDotChunk];
+  for (int64_t t0 = 0; t0 < count; t0 += kDotChunk) {
+    const int c = static_cast<int>(std::min<int64_t>(kDotChunk, count - t0));
+    for (int t = 0; t < c; ++t) src[t] = base + offsets[t0 + t];
+#define CVOPS_DW_CALL(T) fused_dot<T, acc_t>(out + t0, g, src, n)
+    CVOPS_DW_SWITCH_TAPS(c, CVOPS_DW_CALL)
+#undef CVOPS_DW_CALL
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The padded, phase-split copy of an input plane: padded pixel (R, c) lives in phase plane
+// (R % s_h, c % s_w) at row R / s_h, column c / s_w; every phase plane is rows x cols.
+// Kernel tap (kh, kw) of output (oh, ow) then reads phase ((kh*d_h) % s_h, (kw*d_w) % s_w)
+// at (oh + (kh*d_h) / s_h, ow + (kw*d_w) / s_w): with outputs flattened as e = oh * cols + ow,
+// every tap reads base[tap_offset + e].
+// ---------------------------------------------------------------------------------------
+
+struct PhaseLayout {
+  int64_t sh, sw, rows, cols;
+  int64_t plane() const { return rows * cols; }
+  int64_t numel() const { return sh * sw * plane(); }
+  int64_t at(int64_t R, int64_t c) const {
+    return ((R % sh) * sw + c % sw) * plane() + (R / sh) * cols + c / sw;
   }
 };
 
-PaddedPlane padded_plane(const DepthwiseParams& p) {
-  const int64_t wp = p.width + 2 * p.pad_w;
-  return {p.height + 2 * p.pad_h, p.stride_w, phase_length(wp, p.stride_w)};
+PhaseLayout input_layout(const DepthwiseParams& p) {
+  const int64_t hp = p.height + 2 * p.pad_h, wp = p.width + 2 * p.pad_w;
+  return {p.stride_h, p.stride_w, phase_length(hp, p.stride_h), phase_length(wp, p.stride_w)};
 }
 
-// Copies plane x [H, W] into the zero-padded phase-split buffer q.
+// Writes plane x into the data positions of q. The padding positions are the same for every
+// plane: q is zeroed once per thread and they stay zero.
 template <typename scalar_t, typename acc_t>
-void fill_padded(acc_t* q, const scalar_t* x, const DepthwiseParams& p, const PaddedPlane& pp) {
-  std::fill(q, q + pp.numel(), acc_t(0));
+void fill_padded(acc_t* q, const scalar_t* x, const DepthwiseParams& p, const PhaseLayout& lay) {
   const int64_t s = p.stride_w;
   for (int64_t ih = 0; ih < p.height; ++ih) {
     const scalar_t* xr = x + ih * p.width;
-    const int64_t row = ih + p.pad_h;
-    if (s == 1) {
-      acc_t* qr = q + pp.at(0, row, p.pad_w);
-      for (int64_t iw = 0; iw < p.width; ++iw) qr[iw] = static_cast<acc_t>(xr[iw]);
-      continue;
-    }
+    const int64_t R = ih + p.pad_h;
     for (int64_t r = 0; r < s; ++r) {
-      // first iw whose padded column iw + pad_w has phase r
-      const int64_t iw0 = ((r - p.pad_w) % s + s) % s;
+      const int64_t iw0 = ((r - p.pad_w) % s + s) % s;  // first column of phase r
       if (iw0 >= p.width) continue;
-      acc_t* qr = q + pp.at(r, row, phase_index(iw0 + p.pad_w, s));
-      for (int64_t iw = iw0, j = 0; iw < p.width; iw += s, ++j) qr[j] = static_cast<acc_t>(xr[iw]);
+      acc_t* qr = q + lay.at(R, iw0 + p.pad_w);
+      if (s == 1) {
+        for (int64_t iw = 0; iw < p.width; ++iw) qr[iw] = static_cast<acc_t>(xr[iw]);
+      } else {
+        for (int64_t iw = iw0, j = 0; iw < p.width; iw += s, ++j)
+          qr[j] = static_cast<acc_t>(xr[iw]);
+      }
     }
   }
 }
 
-// The taps of output channel co relative to the output row base (oh * stride_h), in the
-// padded plane: tap (kh, kw) reads phase (kw * d) % s, row kh * dil_h, index (kw * d) / s.
-template <typename scalar_t, typename acc_t>
-void forward_taps(Tap<acc_t>* taps, const scalar_t* w, const DepthwiseParams& p,
-                  const PaddedPlane& pp) {
+// Offsets of the KH * KW taps in the input layout, for outputs flattened by lay.cols.
+std::vector<int64_t> tap_offsets(const DepthwiseParams& p, const PhaseLayout& lay) {
+  std::vector<int64_t> off(p.kernel_h * p.kernel_w);
   for (int64_t kh = 0; kh < p.kernel_h; ++kh)
-    for (int64_t kw = 0; kw < p.kernel_w; ++kw) {
-      const int64_t c = kw * p.dil_w;
-      taps[kh * p.kernel_w + kw] = {pp.at(phase_of(c, p.stride_w), kh * p.dil_h,
-                                          phase_index(c, p.stride_w)),
-                                    static_cast<acc_t>(w[kh * p.kernel_w + kw])};
-    }
+    for (int64_t kw = 0; kw < p.kernel_w; ++kw)
+      off[kh * p.kernel_w + kw] = lay.at(kh * p.dil_h, kw * p.dil_w);
+  return off;
 }
 
-template <typename scalar_t, typename acc_t>
-inline void store_row(scalar_t* out, const acc_t* src, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (out != src) std::copy(src, src + n, out);
-  } else {
-    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(src[i]);
-  }
+// Planes per parallel task: enough multiply-adds that a thread's share is worth waking it.
+int64_t grain_size(const DepthwiseParams& p) {
+  const int64_t work = std::max<int64_t>(
+      1, p.out_h * p.out_w * p.kernel_h * p.kernel_w * p.multiplier);
+  return std::max<int64_t>(1, (int64_t(1) << 22) / work);
+}
+
+// Number of flattened outputs (rows of lay.cols, the last one only out_w long).
+int64_t flat_outputs(const DepthwiseParams& p, const PhaseLayout& lay) {
+  return (p.out_h - 1) * lay.cols + p.out_w;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -180,37 +330,34 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias, at::Tensor& output,
                   const DepthwiseParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const PaddedPlane pp = padded_plane(p);
+  const PhaseLayout lay = input_layout(p);
   const int64_t KK = p.kernel_h * p.kernel_w, M = p.multiplier, OH = p.out_h, OW = p.out_w;
+  const int64_t E = round_up(flat_outputs(p, lay));
+  const std::vector<int64_t> offsets = tap_offsets(p, lay);
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const int64_t in_plane = p.height * p.width, out_plane = OH * OW;
-  const int64_t row_step = p.stride_h * pp.length;  // one output row down
 
-  at::parallel_for(0, p.batch * p.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q(pp.numel());
-    std::vector<acc_t> row(std::is_same_v<scalar_t, acc_t> ? 0 : OW);
+  at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> q(lay.numel() + kRound);
+    std::vector<acc_t> flat(E);
     std::vector<Tap<acc_t>> taps(KK);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / p.channels, ci = task % p.channels;
-      fill_padded(q.data(), x + task * in_plane, p, pp);
+      const int64_t ci = task % p.channels;
+      fill_padded(q.data(), x + task * in_plane, p, lay);
       for (int64_t m = 0; m < M; ++m) {
         const int64_t co = ci * M + m;
-        forward_taps(taps.data(), w + co * KK, p, pp);
+        for (int64_t t = 0; t < KK; ++t)
+          taps[t] = {offsets[t], static_cast<acc_t>(w[co * KK + t])};
         const acc_t init = b ? static_cast<acc_t>(b[co]) : acc_t(0);
-        scalar_t* o = out + (n * p.channels * M + co) * out_plane;
+        sum_taps(flat.data(), q.data(), taps.data(), KK, init, E);
+        scalar_t* o = out + (task * M + m) * out_plane;  // task * M + m == n * C_out + co
         for (int64_t oh = 0; oh < OH; ++oh) {
-          scalar_t* orow = o + oh * OW;
-          acc_t* dst;
-          if constexpr (std::is_same_v<scalar_t, acc_t>) {
-            dst = orow;
-          } else {
-            dst = row.data();
-          }
-          sum_taps(dst, q.data() + oh * row_step, taps.data(), KK, init, OW);
-          store_row(orow, dst, OW);
+          const acc_t* src = flat.data() + oh * lay.cols;
+          scalar_t* dst = o + oh * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<scalar_t>(src[ow]);
         }
       }
     }
@@ -223,8 +370,7 @@ at::Tensor depthwise_conv2d_forward_cpu(const at::Tensor& input, const at::Tenso
                                         at::IntArrayRef dilation) {
   const auto p = check_depthwise_forward_args(input, weight, bias, stride, padding, dilation);
   const auto format = result_format(input);
-  at::Tensor output =
-      at::empty({p.batch, p.out_channels(), p.out_h, p.out_w}, input.options());
+  at::Tensor output = at::empty({p.batch, p.out_channels(), p.out_h, p.out_w}, input.options());
   if (output.numel() == 0) return output.contiguous(format);
   at::Tensor in = input.contiguous();
   at::Tensor w = weight.contiguous();
@@ -237,71 +383,101 @@ at::Tensor depthwise_conv2d_forward_cpu(const at::Tensor& input, const at::Tenso
 }
 
 // ---------------------------------------------------------------------------------------
-// Input gradient: the transposed correlation, computed in gather form. For padded input row
-// R and phase r, gq[r][R][j] = sum over (m, kh, kw) with R = oh * s_h + kh * d_h and phase
-// (kw * d_w) % s_w == r of w * G_m[oh][j - (kw * d_w) / s_w], where G_m is the grad plane of
-// output channel ci * M + m, zero-padded on the left by the largest such offset.
+// Input gradient, in gather form over the same phase layout: padded input pixel (R, c) in
+// phase (rh, rw) = (R % s_h, c % s_w) at (I, J) = (R / s_h, c / s_w) receives, from every
+// tap with (kh*d_h) % s_h == rh and (kw*d_w) % s_w == rw, w * grad[I - (kh*d_h)/s_h]
+// [J - (kw*d_w)/s_w]. The grad plane is copied with zero margins (top mh, left mw rows and
+// columns, the largest such offsets), so each phase is again one flattened row per tap.
 // ---------------------------------------------------------------------------------------
+
+struct InputPhase {
+  int64_t rh, rw;            // phase
+  int64_t i0, i1, j0, j1;    // (I, J) range that maps back onto real input pixels
+  std::vector<int64_t> offsets, weight_index, channel;  // per tap: in gpad, in w, m
+};
 
 template <typename scalar_t>
 void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
                          at::Tensor& grad_input, const DepthwiseParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const PaddedPlane pp = padded_plane(p);
+  const PhaseLayout lay = input_layout(p);
   const int64_t KH = p.kernel_h, KW = p.kernel_w, KK = KH * KW, M = p.multiplier;
-  const int64_t OH = p.out_h, OW = p.out_w, H = p.height, W = p.width, s = p.stride_w;
-  const int64_t max_off = phase_index((KW - 1) * p.dil_w, s);
-  const int64_t glen = pp.length + max_off;  // padded grad row
+  const int64_t OH = p.out_h, OW = p.out_w, H = p.height, W = p.width;
+  const int64_t sh = p.stride_h, sw = p.stride_w;
+  const int64_t mh = phase_index((KH - 1) * p.dil_h, sh), mw = phase_index((KW - 1) * p.dil_w, sw);
+  const int64_t gcols = lay.cols + mw, grows = lay.rows + mh;  // gpad plane: grows x gcols
+  const int64_t gplane = grows * gcols;
+
+  // Tap lists per phase, shared by all planes.
+  std::vector<InputPhase> phases;
+  for (int64_t rh = 0; rh < sh; ++rh) {
+    for (int64_t rw = 0; rw < sw; ++rw) {
+      InputPhase ph;
+      ph.rh = rh;
+      ph.rw = rw;
+      // Padded rows R in [pad_h, pad_h + H) with R % sh == rh -> I = R / sh.
+      const int64_t ih_first = ((rh - p.pad_h) % sh + sh) % sh;
+      const int64_t iw_first = ((rw - p.pad_w) % sw + sw) % sw;
+      if (ih_first >= H || iw_first >= W) continue;
+      ph.i0 = (ih_first + p.pad_h) / sh;
+      ph.i1 = (ih_first + (H - 1 - ih_first) / sh * sh + p.pad_h) / sh;
+      ph.j0 = (iw_first + p.pad_w) / sw;
+      ph.j1 = (iw_first + (W - 1 - iw_first) / sw * sw + p.pad_w) / sw;
+      for (int64_t kh = 0; kh < KH; ++kh) {
+        if ((kh * p.dil_h) % sh != rh) continue;
+        for (int64_t kw = 0; kw < KW; ++kw) {
+          if ((kw * p.dil_w) % sw != rw) continue;
+          for (int64_t m = 0; m < M; ++m) {
+            ph.offsets.push_back(m * gplane + (mh - (kh * p.dil_h) / sh) * gcols + mw -
+                                 (kw * p.dil_w) / sw);
+            ph.weight_index.push_back(kh * KW + kw);
+            ph.channel.push_back(m);
+          }
+        }
+      }
+      phases.push_back(std::move(ph));
+    }
+  }
+
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
   const int64_t out_plane = OH * OW, in_plane = H * W;
 
-  at::parallel_for(0, p.batch * p.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> gpad(M * OH * glen);
-    std::vector<acc_t> acc(pp.length);
+  at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> gpad(M * gplane + kRound);
+    std::vector<acc_t> flat(round_up(lay.rows * gcols));
     std::vector<Tap<acc_t>> taps(M * KK);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / p.channels, ci = task % p.channels;
-      // Zero-padded copies of the M grad planes of this input channel.
-      std::fill(gpad.begin(), gpad.end(), acc_t(0));
+      const int64_t ci = task % p.channels;
+      // (gpad's margins are never written: zeroed once, at allocation)
       for (int64_t m = 0; m < M; ++m) {
-        const scalar_t* gp = g + (n * p.channels * M + ci * M + m) * out_plane;
+        const scalar_t* gp = g + (task * M + m) * out_plane;
         for (int64_t oh = 0; oh < OH; ++oh) {
-          acc_t* dst = gpad.data() + (m * OH + oh) * glen + max_off;
+          acc_t* dst = gpad.data() + m * gplane + (oh + mh) * gcols + mw;
           for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(gp[oh * OW + ow]);
         }
       }
       scalar_t* gip = gi + task * in_plane;
-      for (int64_t ih = 0; ih < H; ++ih) {
-        const int64_t R = ih + p.pad_h;
-        for (int64_t r = 0; r < s; ++r) {
-          const int64_t iw0 = ((r - p.pad_w) % s + s) % s;  // first column of this phase
-          if (iw0 >= W) continue;
-          // Taps feeding (R, phase r): offsets relative to gpad's start.
-          int64_t count = 0;
-          for (int64_t kh = 0; kh < KH; ++kh) {
-            const int64_t oh = source_output(R, kh, p.stride_h, 0, p.dil_h, OH);
-            if (oh < 0) continue;
-            for (int64_t kw = 0; kw < KW; ++kw) {
-              const int64_t c = kw * p.dil_w;
-              if (phase_of(c, s) != r) continue;
-              for (int64_t m = 0; m < M; ++m) {
-                const int64_t co = ci * M + m;
-                taps[count++] = {(m * OH + oh) * glen + max_off - phase_index(c, s),
-                                 static_cast<acc_t>(w[co * KK + kh * KW + kw])};
-              }
-            }
-          }
-          // Only the phase indices that map back onto real columns are needed.
-          const int64_t j0 = phase_index(iw0 + p.pad_w, s);
-          const int64_t nj = (W - 1 - iw0) / s + 1;
-          sum_taps(acc.data(), gpad.data() + j0, taps.data(), count, acc_t(0), nj);
+      for (const InputPhase& ph : phases) {
+        const int64_t count = static_cast<int64_t>(ph.offsets.size());
+        for (int64_t t = 0; t < count; ++t)
+          taps[t] = {ph.offsets[t],
+                     static_cast<acc_t>(w[(ci * M + ph.channel[t]) * KK + ph.weight_index[t]])};
+        // Flattened (I, J) range [i0 * gcols + j0, i1 * gcols + j1].
+        const int64_t e0 = ph.i0 * gcols + ph.j0;
+        const int64_t n = round_up((ph.i1 - ph.i0) * gcols + ph.j1 - ph.j0 + 1);
+        sum_taps(flat.data(), gpad.data() + e0, taps.data(), count, acc_t(0), n);
+        for (int64_t I = ph.i0; I <= ph.i1; ++I) {
+          const int64_t ih = I * sh + ph.rh - p.pad_h;
+          const acc_t* src = flat.data() + (I - ph.i0) * gcols - ph.j0;
           scalar_t* dst = gip + ih * W;
-          if (s == 1) {
-            store_row(dst, acc.data(), W);
+          if (sw == 1) {
+            for (int64_t J = ph.j0; J <= ph.j1; ++J)
+              dst[J - p.pad_w] = static_cast<scalar_t>(src[J]);
           } else {
-            for (int64_t j = 0; j < nj; ++j) dst[iw0 + j * s] = static_cast<scalar_t>(acc[j]);
+            for (int64_t J = ph.j0; J <= ph.j1; ++J)
+              dst[J * sw + ph.rw - p.pad_w] = static_cast<scalar_t>(src[J]);
           }
         }
       }
@@ -328,126 +504,42 @@ at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at:
 }
 
 // ---------------------------------------------------------------------------------------
-// Weight and bias gradient: gw[co][kh][kw] = sum over n, oh, ow of
-// grad[n][co][oh][ow] * padded_x[n][ci][oh * s_h + kh * d_h][ow * s_w + kw * d_w].
+// Weight and bias gradient: gw[co][tap] = sum over n of the dot product of grad[n][co]
+// (flattened like the forward's outputs, zeros in the gap columns) with the tap's range
+// of the padded input plane. One partial per (n, co), summed over n in index order.
 // ---------------------------------------------------------------------------------------
-
-// out[t] += sum over rows oh, columns i < n of g[oh][i] * src[t][oh][i], T taps at once.
-template <int T, typename acc_t>
-inline void fused_dot(acc_t* out, const acc_t* g, int64_t g_stride, const acc_t* const* src,
-                      int64_t src_stride, int64_t rows, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  Vec acc[T];
-  acc_t tail[T];
-  for (int t = 0; t < T; ++t) {
-    acc[t] = Vec(acc_t(0));
-    tail[t] = acc_t(0);
-  }
-  for (int64_t row = 0; row < rows; ++row) {
-    const acc_t* gr = g + row * g_stride;
-    const int64_t off = row * src_stride;
-    int64_t i = 0;
-    for (; i + V <= n; i += V) {
-      const Vec gv = Vec::loadu(gr + i);
-      for (int t = 0; t < T; ++t) acc[t] = at::vec::fmadd(gv, Vec::loadu(src[t] + off + i), acc[t]);
-    }
-    for (; i < n; ++i)
-      for (int t = 0; t < T; ++t) tail[t] += gr[i] * src[t][off + i];
-  }
-  for (int t = 0; t < T; ++t) {
-    __at_align__ acc_t lanes[V];
-    acc[t].store(lanes);
-    acc_t sum = tail[t];
-    for (int64_t l = 0; l < V; ++l) sum += lanes[l];
-    out[t] += sum;
-  }
-}
-
-template <typename acc_t>
-inline void fused_dot_dispatch(int count, acc_t* out, const acc_t* g, int64_t g_stride,
-                               const acc_t* const* src, int64_t src_stride, int64_t rows,
-                               int64_t n) {
-  switch (count) {
-#define CVOPS_DW_CASE(T) \
-  case T:                \
-    return fused_dot<T, acc_t>(out, g, g_stride, src, src_stride, rows, n);
-    CVOPS_DW_CASE(1)
-    CVOPS_DW_CASE(2)
-    CVOPS_DW_CASE(3)
-    CVOPS_DW_CASE(4)
-    CVOPS_DW_CASE(5)
-    CVOPS_DW_CASE(6)
-    CVOPS_DW_CASE(7)
-    CVOPS_DW_CASE(8)
-    CVOPS_DW_CASE(9)
-#undef CVOPS_DW_CASE
-    default:
-      TORCH_INTERNAL_ASSERT(false, "fused_dot: bad tap count ", count);
-  }
-}
-
-template <typename acc_t>
-inline acc_t plane_sum(const acc_t* g, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  Vec acc(acc_t(0));
-  int64_t i = 0;
-  for (; i + V <= n; i += V) acc = acc + Vec::loadu(g + i);
-  __at_align__ acc_t lanes[V];
-  acc.store(lanes);
-  acc_t sum = 0;
-  for (; i < n; ++i) sum += g[i];
-  for (int64_t l = 0; l < V; ++l) sum += lanes[l];
-  return sum;
-}
 
 template <typename scalar_t>
 void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::Tensor& partial,
                           const DepthwiseParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const PaddedPlane pp = padded_plane(p);
+  const PhaseLayout lay = input_layout(p);
   const int64_t KK = p.kernel_h * p.kernel_w, M = p.multiplier, OH = p.out_h, OW = p.out_w;
+  const int64_t E = round_up(flat_outputs(p, lay));
+  // The bias gradient is one more "tap": a dot product with ones, stored after the slack.
+  std::vector<int64_t> offsets = tap_offsets(p, lay);
+  const int64_t ones_at = lay.numel() + kRound;
+  offsets.push_back(ones_at);
   const int64_t in_plane = p.height * p.width, out_plane = OH * OW;
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
-  // partial[n][co][KK + 1]: weight taps then bias, one slot per batch image.
-  acc_t* part = partial.mutable_data_ptr<acc_t>();
-  const int64_t row_step = p.stride_h * pp.length;
+  acc_t* part = partial.mutable_data_ptr<acc_t>();  // [N * C_out][KK + 1]: taps, then bias
 
-  at::parallel_for(0, p.batch * p.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q(pp.numel());
-    std::vector<acc_t> gbuf(std::is_same_v<scalar_t, acc_t> ? 0 : out_plane);
-    std::vector<Tap<acc_t>> taps(KK);
+  at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> q(ones_at + E, acc_t(0));
+    std::fill(q.begin() + ones_at, q.end(), acc_t(1));
+    std::vector<acc_t> gflat(E, acc_t(0));  // gap columns and the rounding stay zero
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / p.channels, ci = task % p.channels;
-      fill_padded(q.data(), x + task * in_plane, p, pp);
+      fill_padded(q.data(), x + task * in_plane, p, lay);
       for (int64_t m = 0; m < M; ++m) {
-        const int64_t co = ci * M + m;
-        const scalar_t* gp = g + (n * p.channels * M + co) * out_plane;
-        const acc_t* ga;
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          ga = gp;
-        } else {
-          for (int64_t i = 0; i < out_plane; ++i) gbuf[i] = static_cast<acc_t>(gp[i]);
-          ga = gbuf.data();
+        const scalar_t* gp = g + (task * M + m) * out_plane;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          acc_t* dst = gflat.data() + oh * lay.cols;
+          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(gp[oh * OW + ow]);
         }
-        // Tap offsets only (the weights are unused here).
-        for (int64_t kh = 0; kh < p.kernel_h; ++kh)
-          for (int64_t kw = 0; kw < p.kernel_w; ++kw) {
-            const int64_t c = kw * p.dil_w;
-            taps[kh * p.kernel_w + kw].offset =
-                pp.at(phase_of(c, p.stride_w), kh * p.dil_h, phase_index(c, p.stride_w));
-          }
-        acc_t* out = part + (n * p.channels * M + co) * (KK + 1);
+        acc_t* out = part + (task * M + m) * (KK + 1);
         std::fill(out, out + KK + 1, acc_t(0));
-        const acc_t* src[kChunk];
-        for (int64_t t0 = 0; t0 < KK; t0 += kChunk) {
-          const int c = static_cast<int>(std::min<int64_t>(kChunk, KK - t0));
-          for (int t = 0; t < c; ++t) src[t] = q.data() + taps[t0 + t].offset;
-          fused_dot_dispatch<acc_t>(c, out + t0, ga, OW, src, row_step, OH, OW);
-        }
-        out[KK] = plane_sum(ga, out_plane);
+        dot_taps(out, gflat.data(), q.data(), offsets.data(), KK + 1, E);
       }
     }
   });
@@ -460,7 +552,9 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cpu(
                                                       padding, dilation);
   const int64_t C_out = p.out_channels(), KK = kernel_h * kernel_w;
   const auto acc_type = at::toOpMathType(input.scalar_type());
-  at::Tensor partial = at::zeros({p.batch, C_out, KK + 1}, input.options().dtype(acc_type));
+  // Every slot is written by the kernel (no fill: under load, even a parallel fill of a
+  // small buffer can wait milliseconds for a descheduled thread).
+  at::Tensor partial = at::empty({p.batch, C_out, KK + 1}, input.options().dtype(acc_type));
   if (p.batch > 0) {
     at::Tensor g = grad.contiguous();
     at::Tensor x = input.contiguous();

@@ -1,4 +1,7 @@
 """Benchmark cases, one module per op family; importing a module registers its cases."""
 
-from . import models as models  # noqa: F401
-from . import roi_align  # noqa: F401
+from . import (
+    depthwise_conv2d,  # noqa: F401
+    models,  # noqa: F401
+    roi_align,  # noqa: F401
+)
