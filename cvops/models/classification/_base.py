@@ -42,6 +42,14 @@ def linear_or_identity(in_features: int, num_classes: int) -> nn.Module:
     return nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
+def check_positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a float, got %s" % (name, type(value).__name__))
+    if not value > 0:
+        raise ValueError("%s must be > 0, got %r" % (name, value))
+    return float(value)
+
+
 class ClassifierMixin:
     """``forward(x) == forward_head(forward_features(x))``.
 
@@ -67,3 +75,23 @@ class ClassifierMixin:
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class SequentialHeadMixin(ClassifierMixin):
+    """``features`` trunk, then ``avgpool``, flatten and a ``classifier`` Sequential whose
+    last layer is the classifier (AlexNet, VGG)."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.avgpool(x).flatten(1)
+        head = self.classifier[:-1] if pre_logits else self.classifier
+        return head(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = check_num_classes(num_classes)
+        self.classifier[-1] = linear_or_identity(self.num_features, num_classes)

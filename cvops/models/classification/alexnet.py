@@ -1,15 +1,13 @@
 """AlexNet, torchvision's "one weird trick" variant (no LRN, no grouped convolutions):
 parameter names equal ``torchvision.models.alexnet``'s."""
 
-import torch
 import torch.nn as nn
-from torch import Tensor
 
 from .._registry import register_model
-from ._base import ClassifierMixin, check_num_classes, check_prob, linear_or_identity
+from ._base import SequentialHeadMixin, check_num_classes, check_prob, linear_or_identity
 
 
-class AlexNet(ClassifierMixin, nn.Module):
+class AlexNet(SequentialHeadMixin, nn.Module):
     def __init__(self, *, num_classes: int = 1000, dropout: float = 0.5):
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
@@ -40,21 +38,6 @@ class AlexNet(ClassifierMixin, nn.Module):
             nn.ReLU(inplace=True),
             linear_or_identity(4096, num_classes),
         )
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        head = self.classifier[:-1] if pre_logits else self.classifier
-        return head(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[-1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_num_classes(num_classes)
-        self.classifier[-1] = linear_or_identity(4096, num_classes)
 
 
 @register_model

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .._registry import register_model
 from ._base import ClassifierMixin, check_num_classes, check_prob, linear_or_identity
-from .vit import patch_grid, resample_pos_embed, self_attention
+from .vit import check_patch_geometry, patch_grid, resample_pos_embed, self_attention
 
 
 class PatchEmbed(nn.Module):
@@ -100,10 +100,7 @@ class DeiT(ClassifierMixin, nn.Module):
         self.num_classes = check_num_classes(num_classes)
         dropout = check_prob(dropout, "dropout")
         attention_dropout = check_prob(attention_dropout, "attention_dropout")
-        if image_size % patch_size:
-            raise ValueError(
-                "image_size %d is not a multiple of patch_size %d" % (image_size, patch_size)
-            )
+        check_patch_geometry(image_size, patch_size)
         self.distilled = bool(distilled)
         self.num_prefix_tokens = 2 if self.distilled else 1
         self.embed_dim = self.num_features = embed_dim

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._registry import register_model
-from ._base import ClassifierMixin, check_num_classes, check_prob, make_divisible
+from ._base import ClassifierMixin, check_num_classes, check_positive, check_prob, make_divisible
 from ._mobile import conv_bn, depthwise_conv, init_mobile_weights, relu6_
 
 # Stages of (output width, repeats, first stride): 13 depthwise-separable blocks in all.
@@ -44,11 +44,7 @@ class MobileNetV1(ClassifierMixin, nn.Module):
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         dropout = check_prob(dropout, "dropout")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-            raise TypeError("alpha must be a float, got %s" % type(alpha).__name__)
-        if not alpha > 0:
-            raise ValueError("alpha must be > 0, got %r" % (alpha,))
-        self.alpha = float(alpha)
+        self.alpha = check_positive(alpha, "alpha")
         stem = make_divisible(32 * alpha)
         self.conv_stem = nn.Conv2d(3, stem, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._registry import register_model
-from ._base import ClassifierMixin, check_num_classes, check_prob, make_divisible
+from ._base import ClassifierMixin, check_num_classes, check_positive, check_prob, make_divisible
 from ._mobile import ConvBNAct, conv_bn, init_mobile_weights
 
 # (expansion t, output channels c, repeats n, first stride s)
@@ -68,11 +68,7 @@ class MobileNetV2(ClassifierMixin, nn.Module):
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         dropout = check_prob(dropout, "dropout")
-        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)):
-            raise TypeError("width_mult must be a float, got %s" % type(width_mult).__name__)
-        if not width_mult > 0:
-            raise ValueError("width_mult must be > 0, got %r" % (width_mult,))
-        self.width_mult = float(width_mult)
+        self.width_mult = check_positive(width_mult, "width_mult")
         input_channel = make_divisible(32 * width_mult, round_nearest)
         self.num_features = make_divisible(1280 * max(1.0, width_mult), round_nearest)
 

@@ -3,12 +3,10 @@ names equal ``torchvision.models.vgg*``'s."""
 
 from typing import List, Union
 
-import torch
 import torch.nn as nn
-from torch import Tensor
 
 from .._registry import register_model
-from ._base import ClassifierMixin, check_num_classes, check_prob, linear_or_identity
+from ._base import SequentialHeadMixin, check_num_classes, check_prob, linear_or_identity
 
 # "M" is a 2x2 max pool; numbers are 3x3 conv widths.
 CONFIGS = {
@@ -36,7 +34,7 @@ def make_features(cfg: List[Union[int, str]], batch_norm: bool = False) -> nn.Se
     return nn.Sequential(*layers)
 
 
-class VGG(ClassifierMixin, nn.Module):
+class VGG(SequentialHeadMixin, nn.Module):
     def __init__(
         self,
         features: nn.Module,
@@ -71,21 +69,6 @@ class VGG(ClassifierMixin, nn.Module):
                 elif isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, 0, 0.01)
                     nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        head = self.classifier[:-1] if pre_logits else self.classifier
-        return head(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[-1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_num_classes(num_classes)
-        self.classifier[-1] = linear_or_identity(4096, num_classes)
 
 
 def _vgg(cfg: str, batch_norm: bool, num_classes: int, dropout: float) -> VGG:

@@ -55,6 +55,13 @@ def resample_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
+def check_patch_geometry(image_size: int, patch_size: int) -> None:
+    if image_size % patch_size:
+        raise ValueError(
+            "image_size %d is not a multiple of patch_size %d" % (image_size, patch_size)
+        )
+
+
 def patch_grid(x: Tensor, patch_size: int) -> Tuple[int, int]:
     if x.dim() != 4:
         raise ValueError("input must be [N, C, H, W], got shape %s" % (tuple(x.shape),))
@@ -168,10 +175,7 @@ class VisionTransformer(ClassifierMixin, nn.Module):
         self.num_classes = check_num_classes(num_classes)
         dropout = check_prob(dropout, "dropout")
         attention_dropout = check_prob(attention_dropout, "attention_dropout")
-        if image_size % patch_size:
-            raise ValueError(
-                "image_size %d is not a multiple of patch_size %d" % (image_size, patch_size)
-            )
+        check_patch_geometry(image_size, patch_size)
         self.image_size = image_size
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
