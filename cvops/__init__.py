@@ -10,4 +10,5 @@ from .ops.depthwise_conv2d import depthwise_conv2d  # noqa: E402
 __all__ = ["ExtensionNotAvailable", "has_cuda", "has_ops", "ops", "roi_align"]
 __all__ += ["depthwise_conv2d"]
 from . import models  # noqa: E402, F401
+
 __all__ += ["models"]

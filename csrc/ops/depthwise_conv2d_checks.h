@@ -18,7 +18,8 @@ struct DepthwiseParams {
   int64_t out_channels() const { return channels * multiplier; }
 };
 
-inline void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min) {
+inline void check_depthwise_pair(const char* op, const char* name, at::IntArrayRef v,
+                                 int64_t min) {
   TORCH_CHECK_VALUE(v.size() == 2, op, ": ", name, " must have two values (h, w), got ", v);
   TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min, op, ": ", name, " must be ",
                     min == 0 ? "non-negative" : "positive", ", got ", v);
@@ -29,9 +30,9 @@ inline DepthwiseParams depthwise_params(const char* op, at::IntArrayRef input_si
                                         int64_t out_channels, int64_t kernel_h,
                                         int64_t kernel_w, at::IntArrayRef stride,
                                         at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_pair(op, "stride", stride, 1);
-  check_pair(op, "padding", padding, 0);
-  check_pair(op, "dilation", dilation, 1);
+  check_depthwise_pair(op, "stride", stride, 1);
+  check_depthwise_pair(op, "padding", padding, 0);
+  check_depthwise_pair(op, "dilation", dilation, 1);
   TORCH_CHECK_VALUE(input_size.size() == 4, op,
                     ": expected input of shape [N, C, H, W], got a ", input_size.size(),
                     "-D tensor of shape ", input_size);
@@ -68,14 +69,14 @@ inline DepthwiseParams depthwise_params(const char* op, at::IntArrayRef input_si
 
 // Memory format of a result computed from t: channels-last when t has channels-last strides
 // and is not also NCHW-contiguous (the Python fake kernels apply the same rule).
-inline at::MemoryFormat result_format(const at::Tensor& t) {
+inline at::MemoryFormat depthwise_result_format(const at::Tensor& t) {
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous()
              ? at::MemoryFormat::ChannelsLast
              : at::MemoryFormat::Contiguous;
 }
 
-inline void check_same(const char* op, const char* name, const at::Tensor& t,
-                       const at::Tensor& ref, const char* ref_name) {
+inline void check_depthwise_same(const char* op, const char* name, const at::Tensor& t,
+                                 const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " and ", ref_name,
                    " must have the same dtype, got ", name, " ", t.scalar_type(), " and ",
                    ref_name, " ", ref.scalar_type());
@@ -97,11 +98,11 @@ inline DepthwiseParams check_depthwise_forward_args(const at::Tensor& input,
                     ": expected weight of shape [C_out, 1, kH, kW], got ", weight.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op,
                    ": expected a floating-point input, got ", input.scalar_type());
-  check_same(op, "weight", weight, input, "input");
+  check_depthwise_same(op, "weight", weight, input, "input");
   const auto p = depthwise_params(op, input.sizes(), weight.size(0), weight.size(2),
                                   weight.size(3), stride, padding, dilation);
   if (bias.has_value() && bias->defined()) {
-    check_same(op, "bias", *bias, input, "input");
+    check_depthwise_same(op, "bias", *bias, input, "input");
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
                       ": expected bias of shape [", weight.size(0), "], got ", bias->sizes());
   }
@@ -120,7 +121,7 @@ inline DepthwiseParams check_depthwise_backward_input_args(
                     ": expected weight of shape [C_out, 1, kH, kW], got ", weight.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), op,
                    ": expected a floating-point grad, got ", grad.scalar_type());
-  check_same(op, "weight", weight, grad, "grad");
+  check_depthwise_same(op, "weight", weight, grad, "grad");
   const std::vector<int64_t> size{batch, channels, height, width};
   const auto p = depthwise_params(op, size, weight.size(0), weight.size(2), weight.size(3),
                                   stride, padding, dilation);
@@ -142,7 +143,7 @@ inline DepthwiseParams check_depthwise_backward_weight_args(
                     grad.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op,
                    ": expected a floating-point input, got ", input.scalar_type());
-  check_same(op, "grad", grad, input, "input");
+  check_depthwise_same(op, "grad", grad, input, "input");
   const auto p = depthwise_params(op, input.sizes(), grad.size(1), kernel_h, kernel_w, stride,
                                   padding, dilation);
   TORCH_CHECK_VALUE(grad.size(0) == p.batch && grad.size(2) == p.out_h &&

@@ -100,6 +100,9 @@ class DepthwiseConv2d(nn.Module):
         self.padding = pair(padding, "padding")
         self.dilation = pair(dilation, "dilation")
         self.padding_mode = padding_mode
+        # nn.Conv2d attributes that helpers such as torch.nn.utils.fuse_conv_bn_eval read
+        self.transposed = False
+        self.output_padding = (0, 0)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(self.out_channels, 1, *self.kernel_size, **factory))
         if bias:

@@ -228,3 +228,37 @@ def test_non_contiguous_inputs(device):
     assert not (x.is_contiguous() or w.is_contiguous() or b.is_contiguous())
     ref = F.conv2d(x, w, b, 1, 1, 1, 3)
     torch.testing.assert_close(cvops.depthwise_conv2d(x, w, b, 1, 1), ref)
+
+
+def test_module_fuses_with_batchnorm():
+    layer = DepthwiseConv2d(4, 3, padding=1).eval()
+    bn = nn.BatchNorm2d(4).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    fused = torch.nn.utils.fuse_conv_bn_eval(layer, bn)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), bn(layer(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_baseline_cpu_loops_without_avx2():
+    # The CPU row kernels have an AVX2+FMA clone picked at run time; CVOPS_CPU_NO_AVX2=1
+    # forces the baseline build of the same loops, which machines without AVX2 run.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, torch.nn.functional as F, cvops\n"
+        "from tests.ops.test_depthwise_conv2d import check_against_conv2d\n"
+        "for dt in (torch.float64, torch.float32, torch.bfloat16):\n"
+        "    check_against_conv2d((2, 3, 9, 13), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, dt)\n"
+        "    check_against_conv2d((1, 2, 11, 10), (5, 4), (2, 1), (2, 1), (1, 2), 2, True, dt)\n"
+        "print('ok')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, CVOPS_CPU_NO_AVX2="1", PYTHONPATH=root)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
+    )
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

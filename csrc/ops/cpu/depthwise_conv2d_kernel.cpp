@@ -1,27 +1,27 @@
 // Depthwise 2-D convolution CPU kernels: forward, input gradient and weight/bias gradient.
 //
-// Every kernel works plane by plane, parallel over (batch, input channel) planes. A plane is
-// first copied (in the op-math type) into a zero-padded buffer whose columns are split by
-// stride phase (see ops/depthwise_conv2d.h), so that for any stride, dilation and padding
-// each kernel tap of an output row is a contiguous, unit-stride row segment with no bounds
-// checks. An output row is then a sum of `taps` scaled rows, which the fused row kernels
-// below compute with at::vec::Vectorized, up to kChunk taps per pass held in registers
-// (a 3x3 kernel is one pass, a 5x5 three, a 7x7 six). The compile-time tap counts are the
-// specialised fast paths; any kernel size goes through the same chunks.
+// Every kernel works plane by plane, parallel over (image, input channel) planes. A plane is
+// first copied (in the op-math type) into a zero-padded buffer split by stride phase in both
+// directions (see PhaseLayout below), so that for any stride, dilation and padding every
+// kernel tap of every output of the plane reads one contiguous range at a constant offset:
+// a plane's output is one flattened row, a weighted sum of kH * kW shifted ranges. The row
+// kernels sum up to 9 taps per pass in registers (a 3x3 kernel is one pass, 5x5 three, 7x7
+// six); their compile-time tap counts are the specialised fast paths, and any kernel size,
+// stride, dilation and padding runs the same code. The input gradient is the same sum in
+// gather form over the phases of the padded input; the weight and bias gradients are dot
+// products of the output gradient with the shifted ranges.
 //
-// The weight gradient is a per-plane correlation: each task writes its own partial sums
-// (per batch image), which are then added over the batch in index order, so the result is
-// deterministic and independent of the thread count. Channels-last input is computed through
-// an NCHW copy and the output is returned in the input's memory format.
+// The weight gradient is reduced deterministically: one partial per (image, channel), summed
+// over the batch in index order, whatever the thread count. Channels-last input is computed
+// through an NCHW copy and the result is returned in the input's memory format.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
 #include "ops/depthwise_conv2d.h"
@@ -41,7 +41,7 @@ using namespace depthwise_math;
 // The loops use GCC/Clang vector extensions and are compiled twice: for the baseline ISA
 // and, through a target attribute, for AVX2+FMA, picked at run time. (at::vec::Vectorized
 // only gets its AVX2/AVX-512 specialisations inside ATen's per-ISA builds; an extension
-// compiled without -mavx2 gets the generic emulation, measured slower here.)
+// compiled without -mavx2 gets the generic emulation, i.e. SSE2 code at best.)
 // ---------------------------------------------------------------------------------------
 
 constexpr int kChunk = 9;      // taps summed per pass of the row kernel
@@ -60,9 +60,11 @@ inline int64_t round_up(int64_t n) { return (n + kRound - 1) / kRound * kRound; 
 #define CVOPS_DW_TARGET_AVX2
 #endif
 
+// CVOPS_CPU_NO_AVX2=1 forces the baseline loops (the tests use it to cover them).
 bool cpu_has_avx2() {
 #if CVOPS_DW_HAS_AVX2_CLONE
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("CVOPS_CPU_NO_AVX2") == nullptr;
   return yes;
 #else
   return false;
@@ -107,7 +109,8 @@ struct VecOf {
     dst[i] = acc;                                                                   \
   }
 
-// out[t] += sum_i g[i] * src[t][i], i in [0, n).
+// lanes[t * L + l] += the products g[i] * src[t][i] with i = l (mod L), i in [0, n): the
+// per-lane partial sums stay in memory between calls (one horizontal sum at the very end).
 #define CVOPS_DW_FUSED_DOT_BODY                                                     \
   using V = typename VecOf<acc_t>::type;                                            \
   using U = typename VecOf<acc_t>::unaligned;                                       \
@@ -116,7 +119,7 @@ struct VecOf {
   V acc[T];                                                                         \
   for (int t = 0; t < T; ++t) {                                                     \
     p[t] = src[t];                                                                  \
-    acc[t] = V{};                                                                   \
+    acc[t] = *reinterpret_cast<const U*>(lanes + t * L);                            \
   }                                                                                 \
   int64_t i = 0;                                                                    \
   for (; i + L <= n; i += L) {                                                      \
@@ -124,10 +127,8 @@ struct VecOf {
     for (int t = 0; t < T; ++t) acc[t] += gv * V(*reinterpret_cast<const U*>(p[t] + i)); \
   }                                                                                 \
   for (int t = 0; t < T; ++t) {                                                     \
-    acc_t sum = 0;                                                                  \
-    for (int64_t l = 0; l < L; ++l) sum += acc[t][l];                               \
-    for (int64_t j = i; j < n; ++j) sum += g[j] * p[t][j];                          \
-    out[t] += sum;                                                                  \
+    for (int64_t j = i; j < n; ++j) acc[t][j - i] += g[j] * p[t][j];                \
+    *reinterpret_cast<U*>(lanes + t * L) = acc[t];                                  \
   }
 
 #if CVOPS_DW_VEC_LOOPS
@@ -144,12 +145,13 @@ CVOPS_DW_TARGET_AVX2 void fused_row_avx2(acc_t* __restrict dst, const acc_t* con
 }
 
 template <int T, typename acc_t>
-void fused_dot_base(acc_t* out, const acc_t* __restrict g, const acc_t* const* src, int64_t n) {
+void fused_dot_base(acc_t* lanes, const acc_t* __restrict g, const acc_t* const* src,
+                    int64_t n) {
   CVOPS_DW_FUSED_DOT_BODY
 }
 
 template <int T, typename acc_t>
-CVOPS_DW_TARGET_AVX2 void fused_dot_avx2(acc_t* out, const acc_t* __restrict g,
+CVOPS_DW_TARGET_AVX2 void fused_dot_avx2(acc_t* lanes, const acc_t* __restrict g,
                                          const acc_t* const* src, int64_t n) {
   CVOPS_DW_FUSED_DOT_BODY
 }
@@ -164,12 +166,10 @@ void fused_row_base(acc_t* dst, const acc_t* const* src, const acc_t* w, acc_t i
   }
 }
 template <int T, typename acc_t>
-void fused_dot_base(acc_t* out, const acc_t* g, const acc_t* const* src, int64_t n) {
-  for (int t = 0; t < T; ++t) {
-    acc_t sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += g[i] * src[t][i];
-    out[t] += sum;
-  }
+void fused_dot_base(acc_t* lanes, const acc_t* g, const acc_t* const* src, int64_t n) {
+  constexpr int64_t L = VecOf<acc_t>::kLanes;
+  for (int t = 0; t < T; ++t)
+    for (int64_t i = 0; i < n; ++i) lanes[t * L + i % L] += g[i] * src[t][i];
 }
 #define fused_row_avx2 fused_row_base
 #define fused_dot_avx2 fused_dot_base
@@ -185,11 +185,11 @@ inline void fused_row(acc_t* dst, const acc_t* const* src, const acc_t* w, acc_t
 }
 
 template <int T, typename acc_t>
-inline void fused_dot(acc_t* out, const acc_t* g, const acc_t* const* src, int64_t n) {
+inline void fused_dot(acc_t* lanes, const acc_t* g, const acc_t* const* src, int64_t n) {
   if (cpu_has_avx2())
-    fused_dot_avx2<T, acc_t>(out, g, src, n);
+    fused_dot_avx2<T, acc_t>(lanes, g, src, n);
   else
-    fused_dot_base<T, acc_t>(out, g, src, n);
+    fused_dot_base<T, acc_t>(lanes, g, src, n);
 }
 
 #define CVOPS_DW_SWITCH_TAPS(COUNT, CALL) \
@@ -242,15 +242,17 @@ void sum_taps(acc_t* dst, const acc_t* base, const Tap<acc_t>* taps, int64_t cou
   }
 }
 
-// out[t] += sum_i g[i] * base[offset_t + i] for every tap, kChunk taps per pass.
+// Adds g[i] * base[offset_t + i] for every tap t to its lane sums lanes[t * L, (t + 1) * L),
+// kDotChunk taps per pass.
 template <typename acc_t>
-void dot_taps(acc_t* out, const acc_t* g, const acc_t* base, const int64_t* offsets,
+void dot_taps(acc_t* lanes, const acc_t* g, const acc_t* base, const int64_t* offsets,
               int64_t count, int64_t n) {
+  constexpr int64_t L = VecOf<acc_t>::kLanes;
   const acc_t* src[kDotChunk];
   for (int64_t t0 = 0; t0 < count; t0 += kDotChunk) {
     const int c = static_cast<int>(std::min<int64_t>(kDotChunk, count - t0));
     for (int t = 0; t < c; ++t) src[t] = base + offsets[t0 + t];
-#define CVOPS_DW_CALL(T) fused_dot<T, acc_t>(out + t0, g, src, n)
+#define CVOPS_DW_CALL(T) fused_dot<T, acc_t>(lanes + t0 * L, g, src, n)
     CVOPS_DW_SWITCH_TAPS(c, CVOPS_DW_CALL)
 #undef CVOPS_DW_CALL
   }
@@ -278,24 +280,44 @@ PhaseLayout input_layout(const DepthwiseParams& p) {
   return {p.stride_h, p.stride_w, phase_length(hp, p.stride_h), phase_length(wp, p.stride_w)};
 }
 
-// Writes plane x into the data positions of q. The padding positions are the same for every
-// plane: q is zeroed once per thread and they stay zero.
-template <typename scalar_t, typename acc_t>
-void fill_padded(acc_t* q, const scalar_t* x, const DepthwiseParams& p, const PhaseLayout& lay) {
+// Where each input row segment goes in the padded layout: computed once per call (the index
+// math has divisions), used for every plane.
+struct RowCopy {
+  int64_t src;    // first source element in the plane
+  int64_t dst;    // first destination element in the padded buffer
+  int64_t count;  // elements, source stride stride_w, destination stride 1
+};
+
+std::vector<RowCopy> padded_copies(const DepthwiseParams& p, const PhaseLayout& lay) {
+  std::vector<RowCopy> copies;
   const int64_t s = p.stride_w;
   for (int64_t ih = 0; ih < p.height; ++ih) {
-    const scalar_t* xr = x + ih * p.width;
-    const int64_t R = ih + p.pad_h;
     for (int64_t r = 0; r < s; ++r) {
       const int64_t iw0 = ((r - p.pad_w) % s + s) % s;  // first column of phase r
       if (iw0 >= p.width) continue;
-      acc_t* qr = q + lay.at(R, iw0 + p.pad_w);
-      if (s == 1) {
-        for (int64_t iw = 0; iw < p.width; ++iw) qr[iw] = static_cast<acc_t>(xr[iw]);
-      } else {
-        for (int64_t iw = iw0, j = 0; iw < p.width; iw += s, ++j)
-          qr[j] = static_cast<acc_t>(xr[iw]);
-      }
+      copies.push_back({ih * p.width + iw0, lay.at(ih + p.pad_h, iw0 + p.pad_w),
+                        (p.width - 1 - iw0) / s + 1});
+    }
+  }
+  return copies;
+}
+
+// Writes plane x into the data positions of q. The padding positions are the same for every
+// plane: q is zeroed once per thread and they stay zero.
+template <typename scalar_t, typename acc_t>
+void fill_padded(acc_t* __restrict q, const scalar_t* __restrict x,
+                 const std::vector<RowCopy>& copies, int64_t stride_w) {
+  if (stride_w == 1) {
+    for (const RowCopy& c : copies) {
+      acc_t* __restrict dst = q + c.dst;
+      const scalar_t* __restrict src = x + c.src;
+      for (int64_t i = 0; i < c.count; ++i) dst[i] = static_cast<acc_t>(src[i]);
+    }
+  } else {
+    for (const RowCopy& c : copies) {
+      acc_t* __restrict dst = q + c.dst;
+      const scalar_t* __restrict src = x + c.src;
+      for (int64_t i = 0; i < c.count; ++i) dst[i] = static_cast<acc_t>(src[i * stride_w]);
     }
   }
 }
@@ -334,6 +356,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
   const int64_t KK = p.kernel_h * p.kernel_w, M = p.multiplier, OH = p.out_h, OW = p.out_w;
   const int64_t E = round_up(flat_outputs(p, lay));
   const std::vector<int64_t> offsets = tap_offsets(p, lay);
+  const std::vector<RowCopy> copies = padded_copies(p, lay);
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
@@ -346,7 +369,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
     std::vector<Tap<acc_t>> taps(KK);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t ci = task % p.channels;
-      fill_padded(q.data(), x + task * in_plane, p, lay);
+      fill_padded(q.data(), x + task * in_plane, copies, p.stride_w);
       for (int64_t m = 0; m < M; ++m) {
         const int64_t co = ci * M + m;
         for (int64_t t = 0; t < KK; ++t)
@@ -355,8 +378,8 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight,
         sum_taps(flat.data(), q.data(), taps.data(), KK, init, E);
         scalar_t* o = out + (task * M + m) * out_plane;  // task * M + m == n * C_out + co
         for (int64_t oh = 0; oh < OH; ++oh) {
-          const acc_t* src = flat.data() + oh * lay.cols;
-          scalar_t* dst = o + oh * OW;
+          const acc_t* __restrict src = flat.data() + oh * lay.cols;
+          scalar_t* __restrict dst = o + oh * OW;
           for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<scalar_t>(src[ow]);
         }
       }
@@ -369,7 +392,7 @@ at::Tensor depthwise_conv2d_forward_cpu(const at::Tensor& input, const at::Tenso
                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation) {
   const auto p = check_depthwise_forward_args(input, weight, bias, stride, padding, dilation);
-  const auto format = result_format(input);
+  const auto format = depthwise_result_format(input);
   at::Tensor output = at::empty({p.batch, p.out_channels(), p.out_h, p.out_w}, input.options());
   if (output.numel() == 0) return output.contiguous(format);
   at::Tensor in = input.contiguous();
@@ -454,8 +477,9 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
       for (int64_t m = 0; m < M; ++m) {
         const scalar_t* gp = g + (task * M + m) * out_plane;
         for (int64_t oh = 0; oh < OH; ++oh) {
-          acc_t* dst = gpad.data() + m * gplane + (oh + mh) * gcols + mw;
-          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(gp[oh * OW + ow]);
+          acc_t* __restrict dst = gpad.data() + m * gplane + (oh + mh) * gcols + mw;
+          const scalar_t* __restrict src = gp + oh * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(src[ow]);
         }
       }
       scalar_t* gip = gi + task * in_plane;
@@ -473,8 +497,9 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
           const acc_t* src = flat.data() + (I - ph.i0) * gcols - ph.j0;
           scalar_t* dst = gip + ih * W;
           if (sw == 1) {
-            for (int64_t J = ph.j0; J <= ph.j1; ++J)
-              dst[J - p.pad_w] = static_cast<scalar_t>(src[J]);
+            const acc_t* __restrict s1 = src + ph.j0;
+            scalar_t* __restrict d1 = dst + ph.j0 - p.pad_w;
+            for (int64_t j = 0; j <= ph.j1 - ph.j0; ++j) d1[j] = static_cast<scalar_t>(s1[j]);
           } else {
             for (int64_t J = ph.j0; J <= ph.j1; ++J)
               dst[J * sw + ph.rw - p.pad_w] = static_cast<scalar_t>(src[J]);
@@ -492,7 +517,7 @@ at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at:
                                                at::IntArrayRef dilation) {
   const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height,
                                                      width, stride, padding, dilation);
-  const auto format = result_format(grad);
+  const auto format = depthwise_result_format(grad);
   at::Tensor grad_input = at::empty({batch, channels, height, width}, grad.options());
   if (grad_input.numel() == 0) return grad_input.contiguous(format);
   at::Tensor g = grad.contiguous();
@@ -506,41 +531,57 @@ at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at:
 // ---------------------------------------------------------------------------------------
 // Weight and bias gradient: gw[co][tap] = sum over n of the dot product of grad[n][co]
 // (flattened like the forward's outputs, zeros in the gap columns) with the tap's range
-// of the padded input plane. One partial per (n, co), summed over n in index order.
+// of the padded input plane; the bias is one more tap, a dot product with ones. One task per
+// input channel visits the images in index order and keeps per-lane partial sums until the
+// end: the result is deterministic and independent of the thread count.
 // ---------------------------------------------------------------------------------------
 
 template <typename scalar_t>
-void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::Tensor& partial,
+void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::Tensor& result,
                           const DepthwiseParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t L = VecOf<acc_t>::kLanes;
   const PhaseLayout lay = input_layout(p);
   const int64_t KK = p.kernel_h * p.kernel_w, M = p.multiplier, OH = p.out_h, OW = p.out_w;
+  const int64_t C = p.channels, taps = KK + 1;
   const int64_t E = round_up(flat_outputs(p, lay));
-  // The bias gradient is one more "tap": a dot product with ones, stored after the slack.
   std::vector<int64_t> offsets = tap_offsets(p, lay);
-  const int64_t ones_at = lay.numel() + kRound;
+  const int64_t ones_at = lay.numel() + kRound;  // the ones, after the slack
   offsets.push_back(ones_at);
+  const std::vector<RowCopy> copies = padded_copies(p, lay);
   const int64_t in_plane = p.height * p.width, out_plane = OH * OW;
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
-  acc_t* part = partial.mutable_data_ptr<acc_t>();  // [N * C_out][KK + 1]: taps, then bias
+  acc_t* res = result.mutable_data_ptr<acc_t>();  // [C_out][KK + 1]: taps, then bias
+  const int64_t work = std::max<int64_t>(1, p.batch * OH * OW * KK * M);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 22) / work);
 
-  at::parallel_for(0, p.batch * p.channels, grain_size(p), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, C, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> q(ones_at + E, acc_t(0));
     std::fill(q.begin() + ones_at, q.end(), acc_t(1));
     std::vector<acc_t> gflat(E, acc_t(0));  // gap columns and the rounding stay zero
-    for (int64_t task = begin; task < end; ++task) {
-      fill_padded(q.data(), x + task * in_plane, p, lay);
-      for (int64_t m = 0; m < M; ++m) {
-        const scalar_t* gp = g + (task * M + m) * out_plane;
-        for (int64_t oh = 0; oh < OH; ++oh) {
-          acc_t* dst = gflat.data() + oh * lay.cols;
-          for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(gp[oh * OW + ow]);
+    std::vector<acc_t> lanes(M * taps * L);
+    for (int64_t ci = begin; ci < end; ++ci) {
+      std::fill(lanes.begin(), lanes.end(), acc_t(0));
+      for (int64_t n = 0; n < p.batch; ++n) {
+        fill_padded(q.data(), x + (n * C + ci) * in_plane, copies, p.stride_w);
+        for (int64_t m = 0; m < M; ++m) {
+          const scalar_t* gp = g + ((n * C + ci) * M + m) * out_plane;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            acc_t* __restrict dst = gflat.data() + oh * lay.cols;
+            const scalar_t* __restrict src = gp + oh * OW;
+            for (int64_t ow = 0; ow < OW; ++ow) dst[ow] = static_cast<acc_t>(src[ow]);
+          }
+          dot_taps(lanes.data() + m * taps * L, gflat.data(), q.data(), offsets.data(), taps, E);
         }
-        acc_t* out = part + (task * M + m) * (KK + 1);
-        std::fill(out, out + KK + 1, acc_t(0));
-        dot_taps(out, gflat.data(), q.data(), offsets.data(), KK + 1, E);
       }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t t = 0; t < taps; ++t) {
+          const acc_t* l = lanes.data() + (m * taps + t) * L;
+          acc_t sum = 0;
+          for (int64_t i = 0; i < L; ++i) sum += l[i];
+          res[(ci * M + m) * taps + t] = sum;
+        }
     }
   });
 }
@@ -552,22 +593,22 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cpu(
                                                       padding, dilation);
   const int64_t C_out = p.out_channels(), KK = kernel_h * kernel_w;
   const auto acc_type = at::toOpMathType(input.scalar_type());
-  // Every slot is written by the kernel (no fill: under load, even a parallel fill of a
-  // small buffer can wait milliseconds for a descheduled thread).
-  at::Tensor partial = at::empty({p.batch, C_out, KK + 1}, input.options().dtype(acc_type));
+  at::Tensor result;
   if (p.batch > 0) {
+    // Every element is written by the kernel (no fill: under load, even a parallel fill of a
+    // small buffer can wait milliseconds for a descheduled thread).
+    result = at::empty({C_out, KK + 1}, input.options().dtype(acc_type));
     at::Tensor g = grad.contiguous();
     at::Tensor x = input.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "cvops_depthwise_conv2d_backward_weight_cpu",
-                                    [&] { backward_weight_impl<scalar_t>(g, x, partial, p); });
+                                    [&] { backward_weight_impl<scalar_t>(g, x, result, p); });
+  } else {
+    result = at::zeros({C_out, KK + 1}, input.options().dtype(acc_type));
   }
-  // Sum over the batch in index order: deterministic whatever the thread count.
-  at::Tensor total = at::zeros({C_out, KK + 1}, partial.options());
-  for (int64_t n = 0; n < p.batch; ++n) total.add_(partial[n]);
   at::Tensor grad_weight =
-      total.narrow(1, 0, KK).reshape({C_out, 1, kernel_h, kernel_w}).to(input.scalar_type());
-  at::Tensor grad_bias = total.select(1, KK).to(input.scalar_type()).contiguous();
+      result.narrow(1, 0, KK).reshape({C_out, 1, kernel_h, kernel_w}).to(input.scalar_type());
+  at::Tensor grad_bias = result.select(1, KK).to(input.scalar_type()).contiguous();
   return {grad_weight.contiguous(), grad_bias};
 }
 

@@ -72,7 +72,8 @@ __global__ void __launch_bounds__(kTileW* kTileH)
 #pragma unroll
       for (int kh = 0; kh < K; ++kh)
 #pragma unroll
-        for (int kw = 0; kw < K; ++kw) sum += w[kh * K + kw] * tile[(ty * S + kh) * IW + tx * S + kw];
+        for (int kw = 0; kw < K; ++kw)
+          sum += w[kh * K + kw] * tile[(ty * S + kh) * IW + tx * S + kw];
       __syncthreads();  // the tile is refilled by the next source or block
     }
     if (oh < s.out_h && ow < s.out_w)
@@ -236,7 +237,7 @@ at::Tensor depthwise_conv2d_forward_cuda(const at::Tensor& input, const at::Tens
                                          at::IntArrayRef dilation) {
   const auto p = check_depthwise_forward_args(input, weight, bias, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto format = result_format(input);
+  const auto format = depthwise_result_format(input);
   at::Tensor output = at::empty({p.batch, p.out_channels(), p.out_h, p.out_w}, input.options());
   const int64_t total = output.numel();
   if (total == 0) return output.contiguous(format);
@@ -275,7 +276,7 @@ at::Tensor depthwise_conv2d_backward_input_cuda(const at::Tensor& grad, const at
   const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height,
                                                      width, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(grad.device());
-  const auto format = result_format(grad);
+  const auto format = depthwise_result_format(grad);
   at::Tensor grad_input = at::empty({batch, channels, height, width}, grad.options());
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input.contiguous(format);

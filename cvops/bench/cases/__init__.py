@@ -1,7 +1,5 @@
 """Benchmark cases, one module per op family; importing a module registers its cases."""
 
-from . import (
-    depthwise_conv2d,  # noqa: F401
-    models,  # noqa: F401
-    roi_align,  # noqa: F401
-)
+from . import depthwise_conv2d as _depthwise_conv2d  # noqa: F401
+from . import models as _models  # noqa: F401
+from . import roi_align  # noqa: F401
