@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import extension, ops  # noqa: E402, F401
+from . import extension, models, ops  # noqa: E402, F401
 from .extension import ExtensionNotAvailable, has_cuda, has_ops  # noqa: E402
 from .ops import roi_align  # noqa: E402
 from .ops.boxes import *  # noqa: E402, F401, F403
@@ -16,7 +16,7 @@ from .ops.losses import (  # noqa: E402
 from .ops.nms import batched_nms, nms, nms_fixed, soft_nms  # noqa: E402
 from .ops.roi_pool import roi_pool  # noqa: E402
 
-__all__ = ["ExtensionNotAvailable", "has_cuda", "has_ops", "ops", "roi_align"]
+__all__ = ["ExtensionNotAvailable", "has_cuda", "has_ops", "models", "ops", "roi_align"]
 __all__ += ["batched_nms", "nms", "nms_fixed", "soft_nms"] + ops.boxes.__all__
 __all__ += ["roi_pool"]
 __all__ += ["depthwise_conv2d"]

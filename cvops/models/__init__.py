@@ -1,0 +1,11 @@
+"""cvops models: a registry of builders (``get_model``, ``list_models``) and the model families.
+
+Parameter and buffer names follow the reference implementation users have checkpoints for
+(torchvision or timm), so a reference ``state_dict`` loads with ``strict=True``.
+"""
+
+from . import classification  # noqa: E402, F401  (registers the classifiers)
+from ._registry import get_model, get_model_builder, list_models, register_model
+from .classification import *  # noqa: E402, F401, F403
+
+__all__ = ["classification", "get_model", "get_model_builder", "list_models", "register_model"]

@@ -1,0 +1,123 @@
+"""Building blocks shared by the MobileNets: the cvops depthwise convolution and a
+conv-BN-activation unit that folds the BN into the conv in eval mode.
+
+Folding is exact algebra (``bn(conv(x)) == conv'(x)`` with ``w' = w * s``,
+``b' = beta - mean * s (+ b * s)``, ``s = gamma / sqrt(var + eps)``) recomputed on every eval
+forward from the live parameters, so it never goes stale and the state_dict is unchanged;
+it saves one full pass over every activation map at inference. In training mode the layers
+run unfused (batch statistics).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ... import ops as _ops
+
+
+def depthwise_conv(
+    channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = False
+) -> nn.Module:
+    """``cvops.ops.DepthwiseConv2d`` (state_dict keys equal ``nn.Conv2d(groups=channels)``'s)."""
+    cls = getattr(_ops, "DepthwiseConv2d", None)
+    if cls is None:
+        raise RuntimeError(
+            "the MobileNets need cvops.ops.DepthwiseConv2d, which this cvops build lacks"
+        )
+    return cls(channels, kernel_size, stride=stride, padding=padding, bias=bias)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    cls = getattr(_ops, "DepthwiseConv2d", None)
+    return cls is not None and isinstance(module, cls)
+
+
+def _can_fold(bn: nn.Module) -> bool:
+    return (
+        isinstance(bn, nn.BatchNorm2d)
+        and not bn.training
+        and bn.running_mean is not None
+        and bn.running_var is not None
+    )
+
+
+def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
+    """Weight and bias of ``conv`` followed by ``bn`` in eval mode, as one conv."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+    return weight, bias.to(conv.weight.dtype)
+
+
+def conv_forward(conv: nn.Module, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``conv`` (an ``nn.Conv2d`` or a cvops ``DepthwiseConv2d``) with other parameters."""
+    if is_depthwise(conv):
+        return _ops.depthwise_conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
+    """``bn(conv(x))``, as one folded conv when ``bn`` is in eval mode."""
+    if _can_fold(bn):
+        return conv_forward(conv, x, *fold_bn(conv, bn))
+    return bn(conv(x))
+
+
+def relu6_(x: Tensor) -> Tensor:
+    return F.hardtanh(x, 0.0, 6.0, inplace=True)
+
+
+class ConvBNAct(nn.Sequential):
+    """``Sequential(conv, BatchNorm2d[, ReLU6])`` (so its keys are ``0.weight``, ``1.*``, as in
+    torchvision's ``Conv2dNormActivation``) with the eval-mode BN folding."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        depthwise: bool = False,
+        activation: bool = True,
+        bn_eps: float = 1e-5,
+    ):
+        padding = (kernel_size - 1) // 2
+        if depthwise:
+            if in_channels != out_channels:
+                raise ValueError("a depthwise ConvBNAct needs in_channels == out_channels")
+            conv = depthwise_conv(in_channels, kernel_size, stride, padding)
+        else:
+            conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        layers = [conv, nn.BatchNorm2d(out_channels, eps=bn_eps)]
+        if activation:
+            layers.append(nn.ReLU6(inplace=True))
+        super().__init__(*layers)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = conv_bn(self[0], self[1], x)
+        return relu6_(x) if len(self) > 2 else x
+
+
+def init_mobile_weights(model: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convs, unit BN, N(0, 0.01) linear layers, zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) or is_depthwise(m):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
