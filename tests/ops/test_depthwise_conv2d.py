@@ -242,7 +242,7 @@ def test_module_fuses_with_batchnorm():
 
 
 def test_baseline_cpu_loops_without_avx2():
-    # The CPU row kernels have an AVX2+FMA clone picked at run time; CVOPS_CPU_NO_AVX2=1
+    # The CPU row kernels have an AVX2+FMA clone picked at run time; CVOPS_DISABLE_AVX2=1
     # forces the baseline build of the same loops, which machines without AVX2 run.
     import os
     import subprocess
@@ -257,7 +257,7 @@ def test_baseline_cpu_loops_without_avx2():
         "print('ok')\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, CVOPS_CPU_NO_AVX2="1", PYTHONPATH=root)
+    env = dict(os.environ, CVOPS_DISABLE_AVX2="1", PYTHONPATH=root)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
     )

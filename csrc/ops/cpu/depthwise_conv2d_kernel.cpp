@@ -24,6 +24,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/cpu_utils.h"
 #include "ops/depthwise_conv2d.h"
 #include "ops/depthwise_conv2d_checks.h"
 
@@ -51,25 +52,6 @@ constexpr int kDotChunk = 10;  // taps (accumulators) per pass of the dot kernel
 // discarded) and every buffer that is read at an offset gets kRound elements of slack.
 constexpr int64_t kRound = 8;
 inline int64_t round_up(int64_t n) { return (n + kRound - 1) / kRound * kRound; }
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define CVOPS_DW_HAS_AVX2_CLONE 1
-#define CVOPS_DW_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define CVOPS_DW_HAS_AVX2_CLONE 0
-#define CVOPS_DW_TARGET_AVX2
-#endif
-
-// CVOPS_CPU_NO_AVX2=1 forces the baseline loops (the tests use it to cover them).
-bool cpu_has_avx2() {
-#if CVOPS_DW_HAS_AVX2_CLONE
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("CVOPS_CPU_NO_AVX2") == nullptr;
-  return yes;
-#else
-  return false;
-#endif
-}
 
 template <typename T>
 struct VecOf {
@@ -139,7 +121,7 @@ void fused_row_base(acc_t* __restrict dst, const acc_t* const* src, const acc_t*
 }
 
 template <int T, bool accumulate, typename acc_t>
-CVOPS_DW_TARGET_AVX2 void fused_row_avx2(acc_t* __restrict dst, const acc_t* const* src,
+CVOPS_TARGET_AVX2 void fused_row_avx2(acc_t* __restrict dst, const acc_t* const* src,
                                          const acc_t* w, acc_t init, int64_t n) {
   CVOPS_DW_FUSED_ROW_BODY
 }
@@ -151,7 +133,7 @@ void fused_dot_base(acc_t* lanes, const acc_t* __restrict g, const acc_t* const*
 }
 
 template <int T, typename acc_t>
-CVOPS_DW_TARGET_AVX2 void fused_dot_avx2(acc_t* lanes, const acc_t* __restrict g,
+CVOPS_TARGET_AVX2 void fused_dot_avx2(acc_t* lanes, const acc_t* __restrict g,
                                          const acc_t* const* src, int64_t n) {
   CVOPS_DW_FUSED_DOT_BODY
 }
