@@ -34,6 +34,26 @@ namespace cvops {
 
 constexpr int kCudaThreads = 256;
 
+// (k, c, ph, pw) of a flat index into a contiguous [K, C, PH, PW] tensor (the RoI ops'
+// outputs). index_t is int32_t when the tensor is small enough (CVOPS_DISPATCH_INDEX_TYPE):
+// 64-bit division costs several times more than the 32-bit kind.
+template <typename index_t>
+struct BinIndex {
+  int64_t k, c, ph, pw;
+  __device__ BinIndex(index_t index, int64_t channels, int64_t pooled_height,
+                      int64_t pooled_width) {
+    const index_t PW = static_cast<index_t>(pooled_width);
+    const index_t PH = static_cast<index_t>(pooled_height);
+    const index_t C = static_cast<index_t>(channels);
+    pw = index % PW;
+    index /= PW;
+    ph = index % PH;
+    index /= PH;
+    c = index % C;
+    k = index / C;
+  }
+};
+
 inline unsigned int cuda_blocks(int64_t n, int threads = kCudaThreads) {
   const int64_t blocks = (n + threads - 1) / threads;
   return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 1 << 30));

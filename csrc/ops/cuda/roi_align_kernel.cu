@@ -36,24 +36,6 @@ __device__ inline RoiGeometry<acc_t> geometry_of(const scalar_t* roi, acc_t spat
                              s.pooled_height, s.pooled_width, s.sampling_ratio);
 }
 
-// (k, c, ph, pw) of a flat index into [K, C, PH, PW]. index_t is int32 when the tensor is
-// small enough: 64-bit division costs several times more than the 32-bit kind.
-template <typename index_t>
-struct BinIndex {
-  index_t k, c, ph, pw;
-  __device__ BinIndex(index_t index, const Shape& s) {
-    const index_t PW = static_cast<index_t>(s.pooled_width);
-    const index_t PH = static_cast<index_t>(s.pooled_height);
-    const index_t C = static_cast<index_t>(s.channels);
-    pw = index % PW;
-    index /= PW;
-    ph = index % PH;
-    index /= PH;
-    c = index % C;
-    k = index / C;
-  }
-};
-
 // One thread per output element (k, c, ph, pw) of a contiguous [K, C, PH, PW] output.
 template <typename scalar_t, typename index_t>
 __global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restrict__ input,
@@ -62,8 +44,8 @@ __global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restri
                                          scalar_t* __restrict__ output) {
   using acc_t = at::opmath_type<scalar_t>;
   CVOPS_CUDA_KERNEL_LOOP_T(index_t, index, total) {
-    const BinIndex<index_t> b(index, s);
-    const int64_t k = b.k, c = b.c, ph = b.ph, pw = b.pw;
+    const BinIndex<index_t> bin(index, s.channels, s.pooled_height, s.pooled_width);
+    const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
     const auto g = geometry_of<acc_t>(rois + k * 5, spatial_scale, s);
     // A bad batch index only gets here when validation was skipped (graph capture).
     if (!g.valid || g.batch_index < 0 || g.batch_index >= s.batch) {
@@ -103,8 +85,8 @@ __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restr
                                           Accumulate accumulate) {
   using acc_t = at::opmath_type<scalar_t>;
   CVOPS_CUDA_KERNEL_LOOP_T(index_t, index, total) {
-    const BinIndex<index_t> b(index, s);
-    const int64_t k = b.k, c = b.c, ph = b.ph, pw = b.pw;
+    const BinIndex<index_t> bin(index, s.channels, s.pooled_height, s.pooled_width);
+    const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
     const auto g = geometry_of<acc_t>(rois + k * 5, spatial_scale, s);
     if (!g.valid || g.batch_index < 0 || g.batch_index >= s.batch) continue;
     const acc_t gv =

@@ -34,22 +34,6 @@ __device__ inline double to_double(scalar_t v) {
   return static_cast<double>(static_cast<at::opmath_type<scalar_t>>(v));
 }
 
-// (k, c, ph, pw) of a flat index into [K, C, PH, PW]; index_t is int32 when the tensor is
-// small enough (CVOPS_DISPATCH_INDEX_TYPE), since 64-bit division costs several times more.
-template <typename index_t>
-__device__ inline void split_index(index_t index, const Shape& s, int64_t& k, int64_t& c,
-                                   int64_t& ph, int64_t& pw) {
-  const index_t PW = static_cast<index_t>(s.pooled_width);
-  const index_t PH = static_cast<index_t>(s.pooled_height);
-  const index_t C = static_cast<index_t>(s.channels);
-  pw = index % PW;
-  index /= PW;
-  ph = index % PH;
-  index /= PH;
-  c = index % C;
-  k = index / C;
-}
-
 // One thread per output element (k, c, ph, pw) of contiguous [K, C, PH, PW] outputs.
 template <typename scalar_t, typename index_t>
 __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restrict__ input,
@@ -58,8 +42,8 @@ __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restric
                                         int32_t* __restrict__ argmax) {
   using acc_t = at::opmath_type<scalar_t>;
   CVOPS_CUDA_KERNEL_LOOP_T(index_t, index, total) {
-    int64_t k, c, ph, pw;
-    split_index(index, s, k, c, ph, pw);
+    const BinIndex<index_t> bin(index, s.channels, s.pooled_height, s.pooled_width);
+    const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
     const scalar_t* roi = rois + k * 5;
     const RoiBox box = roi_box(to_double(roi[0]), to_double(roi[1]), to_double(roi[2]),
                                to_double(roi[3]), to_double(roi[4]), spatial_scale);
@@ -114,8 +98,8 @@ __global__ void roi_pool_backward_kernel(index_t total, const scalar_t* __restri
     const int64_t idx = argmax[index];
     // Empty bins (-1) and indices outside the plane (a hand-made argmax) get no gradient.
     if (idx < 0 || idx >= plane_size) continue;
-    int64_t k, c, ph, pw;
-    split_index(index, s, k, c, ph, pw);
+    const BinIndex<index_t> bin(index, s.channels, s.pooled_height, s.pooled_width);
+    const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
     const double b = to_double(rois[k * 5]);
     if (!(b >= 0 && b < static_cast<double>(s.batch))) continue;  // also NaN
     const int64_t n = static_cast<int64_t>(b);
