@@ -77,6 +77,22 @@ def time_fn(fn, device: str, warmup: int = 2, repeats: int = 7) -> List[float]:
     return times
 
 
+def backward_step(fn, x, args, deterministic: bool = False):
+    """A callable running one ``fn(x, *args).sum().backward()`` with
+    ``torch.use_deterministic_algorithms(deterministic)`` in force (restored afterwards)."""
+
+    def run():
+        prev = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            fn(x, *args).sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(prev)
+        x.grad = None
+
+    return run
+
+
 def run_case(case: BenchCase, device: str, warmup: int, repeats: int) -> Result:
     ours, ref = case.make(device)
     # Alternate the two in rounds so drift (thermal, other load) hits both alike.

@@ -4,7 +4,7 @@ import torch
 
 import cvops
 
-from ..harness import BenchCase, register
+from ..harness import BenchCase, backward_step, register
 
 
 def random_rois(num, image_h, image_w, batch, device, min_size=32, max_size=256, seed=0):
@@ -25,22 +25,12 @@ def _case(shape, num_rois, scale, sampling_ratio, backward, deterministic=False)
         if not backward:
             return (lambda: cvops.roi_align(x, *args), lambda: tv_roi_align(x, *args))
         xg = x.clone().requires_grad_()
-
-        def step(fn, det=False):
-            def run():
-                prev = torch.are_deterministic_algorithms_enabled()
-                torch.use_deterministic_algorithms(det)
-                try:
-                    fn(xg, *args).sum().backward()
-                finally:
-                    torch.use_deterministic_algorithms(prev)
-                xg.grad = None
-
-            return run
-
         if deterministic:  # cost of the deterministic backward over the default one
-            return step(cvops.roi_align, det=True), step(cvops.roi_align)
-        return step(cvops.roi_align), step(tv_roi_align)
+            return (
+                backward_step(cvops.roi_align, xg, args, deterministic=True),
+                backward_step(cvops.roi_align, xg, args),
+            )
+        return backward_step(cvops.roi_align, xg, args), backward_step(tv_roi_align, xg, args)
 
     return make
 

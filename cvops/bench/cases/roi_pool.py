@@ -4,7 +4,7 @@ import torch
 
 import cvops
 
-from ..harness import BenchCase, register
+from ..harness import BenchCase, backward_step, register
 from .roi_align import random_rois
 
 
@@ -18,22 +18,12 @@ def _case(shape, num_rois, scale, backward, deterministic=False):
         if not backward:
             return (lambda: cvops.roi_pool(x, *args), lambda: tv_roi_pool(x, *args))
         xg = x.clone().requires_grad_()
-
-        def step(fn, det=False):
-            def run():
-                prev = torch.are_deterministic_algorithms_enabled()
-                torch.use_deterministic_algorithms(det)
-                try:
-                    fn(xg, *args).sum().backward()
-                finally:
-                    torch.use_deterministic_algorithms(prev)
-                xg.grad = None
-
-            return run
-
         if deterministic:  # cost of the deterministic backward over the default one
-            return step(cvops.roi_pool, det=True), step(cvops.roi_pool)
-        return step(cvops.roi_pool), step(tv_roi_pool)
+            return (
+                backward_step(cvops.roi_pool, xg, args, deterministic=True),
+                backward_step(cvops.roi_pool, xg, args),
+            )
+        return backward_step(cvops.roi_pool, xg, args), backward_step(tv_roi_pool, xg, args)
 
     return make
 
