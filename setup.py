@@ -74,7 +74,11 @@ def _write_build_config(with_cuda, arch_list):
 def make_extension():
     with_cuda, reason = _want_cuda()
     # No -std flag: cpp_extension picks the standard this torch needs (C++20 from 2.10 on).
-    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    # -fopenmp: ATen's at::parallel_for is an inline template that only runs in parallel
+    # when the including translation unit is compiled with OpenMP (torch is an OpenMP build);
+    # without it every CPU kernel of ours silently ran on one thread. The link flag records
+    # libgomp.so.1, the runtime torch already loaded, so there is one thread pool.
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     define_macros = [("CVOPS_TORCH_VERSION", '"%s"' % torch.__version__)]
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -112,6 +116,7 @@ def make_extension():
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=["-fopenmp"],
     )
 
 
