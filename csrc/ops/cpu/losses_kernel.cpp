@@ -606,10 +606,14 @@ inline int64_t chunk_targets(const int64_t* y, int64_t n, int64_t padded,
   return bad;
 }
 
-// Per-pixel log-sum-exp over classes of a chunk (x points at class 0 of the chunk).
+// Per-pixel log-sum-exp over classes of a chunk (x points at class 0 of the chunk); also keeps
+// e_c = exp(x_c - max) in e ([C, padded] lanes) and 1 / sum_c e_c in inv, so the callers get
+// p_c = e_c * inv without a second exp per class.
 template <typename scalar_t, int L>
-CVOPS_CPU_INLINE void chunk_lse(const scalar_t* x, int64_t padded, const MulticlassArgs& a,
-                                typename SimdT<scalar_t, L>::V* lse) {
+CVOPS_CPU_INLINE void chunk_softmax_parts(
+    const scalar_t* x, int64_t padded, const MulticlassArgs& a,
+    typename SimdT<scalar_t, L>::V* lse, typename SimdT<scalar_t, L>::V* inv,
+    std::conditional_t<SimdT<scalar_t, L>::W == 1, double, float>* e) {
   using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
@@ -623,9 +627,15 @@ CVOPS_CPU_INLINE void chunk_lse(const scalar_t* x, int64_t padded, const Multicl
   for (int64_t c = 0; c < a.classes; ++c)
     for (int64_t v = 0; v < nv; ++v) lse[v] = M::max(lse[v], S::load(x + c * a.len + v * W));
   for (int64_t c = 0; c < a.classes; ++c)
-    for (int64_t v = 0; v < nv; ++v)
-      sum[v] = sum[v] + M::exp(S::load(x + c * a.len + v * W) - lse[v]);
-  for (int64_t v = 0; v < nv; ++v) lse[v] = lse[v] + M::log(sum[v]);
+    for (int64_t v = 0; v < nv; ++v) {
+      const V ev = M::exp(S::load(x + c * a.len + v * W) - lse[v]);
+      std::memcpy(&e[(c * nv + v) * W], &ev, sizeof(V));
+      sum[v] = sum[v] + ev;
+    }
+  for (int64_t v = 0; v < nv; ++v) {
+    inv[v] = M::c(1) / sum[v];
+    lse[v] = lse[v] + M::log(sum[v]);
+  }
 }
 
 // Copies a chunk [n pixels x C classes] into a zero-padded [C, padded] buffer when the chunk
@@ -660,8 +670,10 @@ CVOPS_CPU_INLINE int64_t multiclass_chunk_stats(const scalar_t* x_in, const int6
   const scalar_t* x = chunk_view(x_in, n, padded, a_in, buf, stride);
   MulticlassArgs a = a_in;
   a.len = stride;
-  V lse[kPixChunk / W + 1];
-  if (a.from_logits) chunk_lse<scalar_t, L>(x, padded, a, lse);
+  V lse[kPixChunk / W + 1], inv[kPixChunk / W + 1];
+  using lane_t = std::conditional_t<W == 1, double, float>;
+  std::vector<lane_t> ex(a.from_logits ? a.classes * nv * W : 0);
+  if (a.from_logits) chunk_softmax_parts<scalar_t, L>(x, padded, a, lse, inv, ex.data());
   const V one = M::c(1), zero = M::c(0), gm = M::c(a.gamma);
   for (int64_t c = 0; c < a.classes; ++c) {
     V sD = zero, sP = zero, sT = zero, sF = zero;
@@ -675,7 +687,8 @@ CVOPS_CPU_INLINE int64_t multiclass_chunk_stats(const scalar_t* x_in, const int6
       V p = xv;
       if (a.from_logits) {
         const V logp = xv - lse[v];
-        p = M::exp(logp);
+        std::memcpy(&p, &ex[(c * nv + v) * W], sizeof(V));
+        p = p * inv[v];
         if constexpr (kFocal) sF = sF + t * softmax_focal_term<G, M>(logp, p, ac, gm);
       }
       sD = sD + abs_diff<M>(p, t) * m;
@@ -756,14 +769,15 @@ CVOPS_CPU_INLINE void multiclass_chunk_backward(const double* gstats /*[C, kNumS
   MulticlassArgs a = a_in;
   a.len = stride;
   const V one = M::c(1), zero = M::c(0), gm = M::c(a.gamma);
-  V lse[kPixChunk / W + 1];
+  V lse[kPixChunk / W + 1], inv[kPixChunk / W + 1];
   V dot[kPixChunk / W + 1], py[kPixChunk / W + 1], ly[kPixChunk / W + 1],
       ay[kPixChunk / W + 1], gfy[kPixChunk / W + 1];
   // Probabilities of the chunk, as plain floats (a std::vector of SIMD vectors would not be
   // guaranteed its 32-byte alignment), accessed with unaligned copies.
   using lane_t = std::conditional_t<W == 1, double, float>;
   std::vector<lane_t> prob(C * nv * W);
-  if (a.from_logits) chunk_lse<scalar_t, L>(x, padded, a, lse);
+  // prob first holds exp(x - max) per class; p = that * inv is written back in place.
+  if (a.from_logits) chunk_softmax_parts<scalar_t, L>(x, padded, a, lse, inv, prob.data());
   for (int64_t v = 0; v < nv; ++v) dot[v] = py[v] = ly[v] = ay[v] = gfy[v] = zero;
   for (int64_t c = 0; c < C; ++c) {
     const V gD = M::c(gstats[c * kNumStats + kStatD]), gP = M::c(gstats[c * kNumStats + kStatP]);
@@ -777,7 +791,8 @@ CVOPS_CPU_INLINE void multiclass_chunk_backward(const double* gstats /*[C, kNumS
       V p = xv;
       if (a.from_logits) {
         const V logp = xv - lse[v];
-        p = M::exp(logp);
+        std::memcpy(&p, &prob[(c * nv + v) * W], sizeof(V));
+        p = p * inv[v];
         if (focal) {
           py[v] = py[v] + t * p;
           ly[v] = ly[v] + t * logp;
