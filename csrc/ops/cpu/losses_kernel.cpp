@@ -32,6 +32,7 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
+#include "common/cpu_utils.h"
 #include "ops/losses.h"
 #include "ops/losses_checks.h"
 
@@ -279,17 +280,13 @@ CVOPS_CPU_INLINE typename S::V lane_mask(int64_t n) {
 // Runs f(std::integral_constant<int, L>) with L = 8 in a function compiled for AVX2+FMA when
 // the CPU has them, else with L = 4 (SSE2 baseline). f must be always_inline (so its body,
 // and the always_inline math it calls, is compiled for the caller's ISA).
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+// cpu_has_avx2() (common/cpu_utils.h) also honours CVOPS_DISABLE_AVX2=1, which forces the
+// SSE2 baseline (tests run both paths).
+#if CVOPS_HAS_AVX2_TARGET
 #define CVOPS_HAVE_AVX2_DISPATCH 1
 template <typename F>
-__attribute__((target("avx2,fma"))) void call_avx2(const F& f) {
+CVOPS_TARGET_AVX2 void call_avx2(const F& f) {
   f(std::integral_constant<int, 8>());
-}
-inline bool cpu_has_avx2() {
-  // CVOPS_DISABLE_AVX2=1 forces the SSE2 baseline (tests run both paths).
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("CVOPS_DISABLE_AVX2") == nullptr;
-  return yes;
 }
 #endif
 
