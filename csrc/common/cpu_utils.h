@@ -7,9 +7,14 @@
 #if defined(__x86_64__) && defined(__GNUC__) && (!defined(__clang__) || __clang_major__ >= 9)
 #define CVOPS_HAS_AVX2_TARGET 1
 #define CVOPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+// AVX-512 (F/DQ/BW/VL) clone for the elementwise kernels that gain from 16 lanes and 32
+// registers; call it only when cpu_has_avx512() says so.
+#define CVOPS_TARGET_AVX512 \
+  __attribute__((target("avx2,fma,avx512f,avx512dq,avx512bw,avx512vl")))
 #else
 #define CVOPS_HAS_AVX2_TARGET 0
 #define CVOPS_TARGET_AVX2
+#define CVOPS_TARGET_AVX512
 #endif
 
 #if defined(__GNUC__)
@@ -36,6 +41,23 @@ inline bool cpu_has_avx2() {
     if (off != nullptr && off[0] != '\0' && !(off[0] == '0' && off[1] == '\0')) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Whether the AVX-512 bodies may run: cpu_has_avx2() holds, the CPU has AVX-512 F/DQ/BW/VL,
+// and CVOPS_DISABLE_AVX512 is unset or "0" (set it to test the AVX2 bodies on such a CPU).
+inline bool cpu_has_avx512() {
+#if CVOPS_HAS_AVX2_TARGET
+  static const bool ok = [] {
+    if (!cpu_has_avx2()) return false;
+    const char* off = std::getenv("CVOPS_DISABLE_AVX512");
+    if (off != nullptr && off[0] != '\0' && !(off[0] == '0' && off[1] == '\0')) return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   }();
   return ok;
 #else

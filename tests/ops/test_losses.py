@@ -103,6 +103,31 @@ def test_sigmoid_focal_extreme_logits(device, gamma):
     torch.testing.assert_close(g_ours.double(), g_theirs, rtol=1e-5, atol=1e-6)
 
 
+def _sigmoid_focal_float64(x, t, alpha, gamma):
+    # torchvision's formula without its two cancellations, which in the tails make even
+    # float64 less accurate than the float32 kernels under test: PyTorch's float64
+    # binary_cross_entropy_with_logits takes log(1 + e) (~1e-2 off once e < 1e-13), and
+    # 1 - p_t loses everything once p < 1e-16. Here 1 - p_t = p (1 - t) + sigmoid(-x) t.
+    ce = x.clamp_min(0) - x * t + torch.log1p(torch.exp(-x.abs()))
+    m = torch.sigmoid(x) * (1 - t) + torch.sigmoid(-x) * t
+    return (alpha * t + (1 - alpha) * (1 - t)) * ce * m**gamma
+
+
+@pytest.mark.parametrize("gamma", [2, 1.5])
+def test_sigmoid_focal_fast_math_accuracy_dense_sweep(gamma):
+    # The CPU kernels' exp / reciprocal / log1p are polynomial and Newton-step forms: sweep
+    # the whole logit range densely (both signs, underflowing tails, the 0.414 switch of
+    # log1p) against an accurate float64 formula, to a few float32 ulp.
+    x = torch.cat([torch.linspace(-100, 100, 200001), torch.linspace(-1.5, 1.5, 30001)])
+    for t in (torch.zeros_like(x), torch.ones_like(x), torch.full_like(x, 0.3)):
+        ours, g_ours = _grad(cvops.sigmoid_focal_loss, x, t, 0.25, gamma)
+        theirs, g_theirs = _grad(_sigmoid_focal_float64, x.double(), t.double(), 0.25, gamma)
+        # atol: below float32's normal range relative error means nothing; gradients are
+        # O(1) and cross zero for soft targets.
+        torch.testing.assert_close(ours.double(), theirs, rtol=4e-6, atol=1e-37)
+        torch.testing.assert_close(g_ours.double(), g_theirs, rtol=4e-6, atol=1e-8)
+
+
 def test_sigmoid_focal_soft_and_bool_targets():
     x = torch.randn(64, 7, dtype=torch.float64)
     soft = torch.rand(64, 7, dtype=torch.float64)
@@ -474,8 +499,10 @@ def test_cuda_out_of_range_target_gives_nan():
     assert torch.isnan(cvops.dice_loss(x, t, "multiclass"))
 
 
-def test_sse_baseline_path_matches_reference(tmp_path):
-    # The CPU kernels pick AVX2 at run time; CVOPS_DISABLE_AVX2=1 forces the SSE2 baseline.
+@pytest.mark.parametrize("disable", ["CVOPS_DISABLE_AVX2", "CVOPS_DISABLE_AVX512"])
+def test_narrower_isa_paths_match_reference(tmp_path, disable):
+    # The CPU kernels pick AVX-512, AVX2 or the SSE2 baseline at run time; the environment
+    # variables force the narrower ones (a no-op where the CPU lacks the wider ISA anyway).
     code = (
         "import torch, torchvision, cvops\n"
         "from cvops.ops import _reference as ref\n"
@@ -497,7 +524,8 @@ def test_sse_baseline_path_matches_reference(tmp_path):
         "print('OK')\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(cvops.__file__)))
-    env = dict(os.environ, CVOPS_DISABLE_AVX2="1", PYTHONPATH=root)
+    env = dict(os.environ, PYTHONPATH=root)
+    env[disable] = "1"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
     )

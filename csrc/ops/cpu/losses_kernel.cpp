@@ -11,6 +11,13 @@
 // Determinism: every reduction is two-stage. Work is cut into fixed chunks (independent of
 // the thread count); each chunk writes its partial sums to its own slot, and the slots are
 // then added in index order. Results are bitwise repeatable for any number of threads.
+// 8- and 16-lane vectors only ever run inside the AVX2 / AVX-512 functions (everything is
+// inlined there), so
+// GCC's note that their out-of-line ABI would differ without AVX does not apply.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -26,15 +33,10 @@
 #include <type_traits>
 #include <vector>
 
-// 8-lane vectors only ever run inside the AVX2 functions (everything is inlined there), so
-// GCC's note that their out-of-line ABI would differ without AVX does not apply.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
 #include "common/cpu_utils.h"
 #include "ops/losses.h"
 #include "ops/losses_checks.h"
+
 
 namespace cvops {
 namespace {
@@ -59,6 +61,11 @@ template <>
 struct VecTypes<8> {
   typedef float V __attribute__((vector_size(32)));
   typedef int32_t Mask __attribute__((vector_size(32)));
+};
+template <>
+struct VecTypes<16> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef int32_t Mask __attribute__((vector_size(64)));
 };
 
 template <int L>
@@ -134,14 +141,9 @@ struct VecMathT {
   static CVOPS_CPU_INLINE V abs(V x) { return as_float(as_int(x) & splati(0x7fffffff)); }
   static CVOPS_CPU_INLINE V max(V a, V b) { return sel(a > b, a, b); }
 
-  // exp(x); 0 below -87.33 (where the result would be subnormal), inf above 88.72.
-  static CVOPS_CPU_INLINE V exp(V x) {
-    const V xc = sel(x > splat(88.f), splat(88.f), x);
-    const V z = xc * splat(1.44269504088896341f) + splat(0.5f);
-    Mask n = to_int(z);              // truncates
-    n = n + (to_float(n) > z);       // floor: the mask is -1 where truncation rounded up
-    const V nf = to_float(n);
-    const V r = xc - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+  // exp(x - n ln 2) for |x - n ln 2| <= ln 2 / 2: the polynomial core of exp.
+  static CVOPS_CPU_INLINE V exp_reduced(V x, V n) {
+    const V r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
     V y = splat(1.9875691500E-4f);
     y = y * r + splat(1.3981999507E-3f);
     y = y * r + splat(8.3334519073E-3f);
@@ -149,10 +151,48 @@ struct VecMathT {
     y = y * r + splat(1.6666665459E-1f);
     y = y * r + splat(5.0000001201E-1f);
     y = y * (r * r) + r + splat(1.f);
-    V res = y * as_float((n + splati(127)) << 23);
+    return y;
+  }
+
+  // exp(x); 0 below -87.33 (where the result would be subnormal), inf above 88.72.
+  static CVOPS_CPU_INLINE V exp(V x) {
+    const V xc = sel(x > splat(88.f), splat(88.f), x);
+    const V z = xc * splat(1.44269504088896341f) + splat(0.5f);
+    Mask n = to_int(z);              // truncates
+    n = n + (to_float(n) > z);       // floor: the mask is -1 where truncation rounded up
+    const V nf = to_float(n);
+    V res = exp_reduced(xc, nf) * as_float((n + splati(127)) << 23);
     res = sel(x < splat(-87.33654475f), splat(0.f), res);
     res = sel(x > splat(88.72283905f), splat(std::numeric_limits<float>::infinity()), res);
     return sel(x != x, x, res);
+  }
+
+  // k ln 2 + log(1 + f) for f in [sqrt(1/2) - 1, sqrt(2) - 1]: the polynomial core of log.
+  static CVOPS_CPU_INLINE V log_reduced(V f, V k) {
+    const V z = f * f;
+    V y = splat(7.0376836292E-2f);
+    y = y * f - splat(1.1514610310E-1f);
+    y = y * f + splat(1.1676998740E-1f);
+    y = y * f - splat(1.2420140846E-1f);
+    y = y * f + splat(1.4249322787E-1f);
+    y = y * f - splat(1.6668057665E-1f);
+    y = y * f + splat(2.0000714765E-1f);
+    y = y * f - splat(2.4999993993E-1f);
+    y = y * f + splat(3.3333331174E-1f);
+    y = y * f * z;
+    y = y - k * splat(2.12194440e-4f) - splat(0.5f) * z;
+    return f + y + k * splat(0.693359375f);
+  }
+
+  // exp(x) for x <= 0 (the exp(-|x|) of the sigmoids): 0 below -87.33, NaN stays NaN.
+  // n = round(x / ln 2) comes from the 1.5 * 2^23 trick (its low mantissa bits hold n), which
+  // also gives 2^n by shifting them into the exponent field; no float <-> int conversions.
+  static CVOPS_CPU_INLINE V exp_nonpos(V x) {
+    const V magic = splat(12582912.f);  // 1.5 * 2^23
+    const V t = x * splat(1.44269504088896341f) + magic;
+    const V nf = t - magic;
+    const V res = exp_reduced(x, nf) * as_float((as_int(t) + splati(127)) << 23);
+    return sel(x < splat(-87.33654475f), splat(0.f), res);
   }
 
   // log(x) for x >= 0 (subnormals included); -inf at 0, NaN below 0.
@@ -166,20 +206,7 @@ struct VecMathT {
     const Mask lt = m < splat(0.707106781186547524f);
     e = e + lt;
     m = sel(lt, m + m - splat(1.f), m - splat(1.f));
-    const V ef = to_float(e);
-    const V z = m * m;
-    V y = splat(7.0376836292E-2f);
-    y = y * m - splat(1.1514610310E-1f);
-    y = y * m + splat(1.1676998740E-1f);
-    y = y * m - splat(1.2420140846E-1f);
-    y = y * m + splat(1.4249322787E-1f);
-    y = y * m - splat(1.6668057665E-1f);
-    y = y * m + splat(2.0000714765E-1f);
-    y = y * m - splat(2.4999993993E-1f);
-    y = y * m + splat(3.3333331174E-1f);
-    y = y * m * z;
-    y = y - ef * splat(2.12194440e-4f) - splat(0.5f) * z;
-    V res = m + y + ef * splat(0.693359375f);
+    V res = log_reduced(m, to_float(e));
     const float inf = std::numeric_limits<float>::infinity();
     res = sel(x == splat(0.f), splat(-inf), res);
     res = sel(x == splat(inf), splat(inf), res);
@@ -192,6 +219,41 @@ struct VecMathT {
     const V u = splat(1.f) + x;
     const V d = u - splat(1.f);
     return sel(d == splat(0.f), x, log(u) * (x / d));
+  }
+
+  // log1p(x) for x in [0, 1] (the exp(-|x|) of the sigmoids), with no division: 1 + x is
+  // 2^k (1 + f) with f = x itself for k = 0 (exact: tiny x keeps full precision) and
+  // f = (x - 1) / 2 for k = 1, f in [sqrt(1/2) - 1, sqrt(2) - 1] either way. NaN stays NaN.
+  static CVOPS_CPU_INLINE V log1p_unit(V x) {
+    const Mask big = x > splat(0.41421356237309505f);
+    const V f = sel(big, (x - splat(1.f)) * splat(0.5f), x);
+    return log_reduced(f, sel(big, splat(1.f), splat(0.f)));
+  }
+
+  // The hardware reciprocal estimate. The 8- and 16-lane forms only run inside the AVX2 and
+  // AVX-512 functions; inline assembly because GCC refuses to inline ISA-specific intrinsics
+  // into these (target-less) helpers, even though they are always inlined into such a function.
+  static CVOPS_CPU_INLINE V rcp_estimate(V x) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    V r;
+    if constexpr (L == 4) {
+      asm("rcpps %1, %0" : "=x"(r) : "x"(x));
+    } else if constexpr (L == 8) {
+      asm("vrcpps %1, %0" : "=x"(r) : "x"(x));
+    } else {
+      asm("vrcp14ps %1, %0" : "=v"(r) : "v"(x));
+    }
+    return r;
+#else
+    return splat(1.f) / x;
+#endif
+  }
+
+  // 1 / x for x in [1, 2] or NaN (the 1 + exp(-|x|) of the sigmoids): the hardware estimate
+  // and one Newton step (<= 2 ulp; the AVX-512 estimate has 14 bits, the SSE/AVX one 12).
+  static CVOPS_CPU_INLINE V rcp(V x) {
+    const V r = rcp_estimate(x);
+    return r * (splat(2.f) - x * r);
   }
 
   // x^y for x >= 0.
@@ -288,6 +350,11 @@ template <typename F>
 CVOPS_TARGET_AVX2 void call_avx2(const F& f) {
   f(std::integral_constant<int, 8>());
 }
+
+template <typename F>
+CVOPS_TARGET_AVX512 void call_avx512(const F& f) {
+  f(std::integral_constant<int, 16>());
+}
 #endif
 
 template <typename F>
@@ -298,9 +365,19 @@ void call_baseline(const F& f) {
 template <typename F>
 inline void dispatch_isa(const F& f) {
 #if defined(CVOPS_HAVE_AVX2_DISPATCH)
+  if (cpu_has_avx512()) return call_avx512(f);
   if (cpu_has_avx2()) return call_avx2(f);
 #endif
   call_baseline(f);
+}
+
+template <typename F>
+CVOPS_CPU_INLINE void dispatch_bool(bool flag, const F& f) {
+  if (flag) {
+    f(std::true_type());
+  } else {
+    f(std::false_type());
+  }
 }
 
 template <typename F>
@@ -435,7 +512,7 @@ struct StatsArgs {
 };
 
 // Sums of one chunk [begin, end) of one row into out[kNumStats].
-template <typename scalar_t, int G, bool kDice, bool kFocal, int L>
+template <typename scalar_t, int G, bool kDice, bool kFocal, bool kIgnore, int L>
 CVOPS_CPU_INLINE void row_chunk_stats(const scalar_t* x, const scalar_t* t, int64_t len,
                                       const StatsArgs& a, double* out) {
   using S = SimdT<scalar_t, L>;
@@ -447,7 +524,7 @@ CVOPS_CPU_INLINE void row_chunk_stats(const scalar_t* x, const scalar_t* t, int6
   V sD = zero, sP = zero, sT = zero, sF = zero, sM = zero;
   auto step = [&](V xv, V tv, V lanes) __attribute__((always_inline)) {
     V m = lanes;
-    if (a.has_ignore) m = M::where(M::eq(tv, ign), zero, m);
+    if constexpr (kIgnore) m = M::where(M::eq(tv, ign), zero, m);
     tv = M::where(M::eq(m, zero), zero, tv);  // ignored targets never enter the math
     if constexpr (kDice) {
       V p = xv;
@@ -491,15 +568,19 @@ void row_stats(const scalar_t* x, const scalar_t* t, int64_t rows, int64_t len,
         const scalar_t* xc = x + r * len + s0;
         const scalar_t* tc = t + r * len + s0;
         double* o = &partial[task * kNumStats];
-        dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
-          constexpr int L = decltype(lanes)::value;
-          if (dice && focal) {
-            row_chunk_stats<scalar_t, G, true, true, L>(xc, tc, n, a, o);
-          } else if (focal) {
-            row_chunk_stats<scalar_t, G, false, true, L>(xc, tc, n, a, o);
-          } else if (G == kGamma2) {
-            row_chunk_stats<scalar_t, kGamma2, true, false, L>(xc, tc, n, a, o);
-          }
+        // ignore_index is a template flag: without it the main loop needs no mask at all.
+        dispatch_bool(a.has_ignore, [&](auto ignore) __attribute__((always_inline)) {
+          constexpr bool I = decltype(ignore)::value;
+          dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
+            constexpr int L = decltype(lanes)::value;
+            if (dice && focal) {
+              row_chunk_stats<scalar_t, G, true, true, I, L>(xc, tc, n, a, o);
+            } else if (focal) {
+              row_chunk_stats<scalar_t, G, false, true, I, L>(xc, tc, n, a, o);
+            } else if (G == kGamma2) {
+              row_chunk_stats<scalar_t, kGamma2, true, false, I, L>(xc, tc, n, a, o);
+            }
+          });
         });
       }
     });
