@@ -537,7 +537,7 @@ CVOPS_CPU_INLINE void row_chunk_stats(const scalar_t* x, const scalar_t* t, int6
       sT = sT + tv * m;
     }
     if constexpr (kFocal) sF = sF + sigmoid_focal_term<G, M>(xv, tv, a1, a0, gm) * m;
-    sM = sM + m;
+    if constexpr (kIgnore) sM = sM + m;  // else every element counts: len
   };
   int64_t i = 0;
   for (; i + W <= len; i += W) step(S::load(x + i), S::load(t + i), one);
@@ -549,7 +549,7 @@ CVOPS_CPU_INLINE void row_chunk_stats(const scalar_t* x, const scalar_t* t, int6
   out[kStatP] = S::sum(sP);
   out[kStatT] = S::sum(sT);
   out[kStatF] = S::sum(sF);
-  out[kStatM] = S::sum(sM);
+  out[kStatM] = kIgnore ? S::sum(sM) : static_cast<double>(len);
 }
 
 // stats [R, kNumStats] (double) of rows x, t [R, L].
@@ -594,31 +594,37 @@ void row_stats(const scalar_t* x, const scalar_t* t, int64_t rows, int64_t len,
   }
 }
 
-// Backward of row_stats: dx = m [(gD sign(p - t) + gP) dp/dx + gF dfocal/dx].
-template <typename scalar_t, int G, int L>
+// Backward of row_stats: dx = m [(gD sign(p - t) + gP) dp/dx + gF dfocal/dx]. The flags
+// are template parameters so that the loop carries no per-element branches.
+template <typename scalar_t, int G, bool kFocal, bool kIgnore, bool kLogits, int L>
 CVOPS_CPU_INLINE void row_chunk_backward(const double* gs, const scalar_t* xr,
                                          const scalar_t* tr, int64_t n, const StatsArgs& a,
-                                         bool focal, scalar_t* out) {
+                                         scalar_t* out) {
   using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
   constexpr int64_t W = S::W;
   const V a1 = M::c(a.fp.a1), a0 = M::c(a.fp.a0), gm = M::c(a.fp.gamma);
   const V ign = M::c(a.ignore), zero = M::c(0);
-  const V gD = M::c(gs[kStatD]), gP = M::c(gs[kStatP]), gF = M::c(gs[kStatF]);
+  const V gP = M::c(gs[kStatP]), gF = M::c(gs[kStatF]);
+  const V gPpD = M::c(gs[kStatP] + gs[kStatD]), gPmD = M::c(gs[kStatP] - gs[kStatD]);
   auto value = [&](V xv, V tv) __attribute__((always_inline)) {
     V m = M::c(1);
-    if (a.has_ignore) m = M::where(M::eq(tv, ign), zero, m);
-    tv = M::where(M::eq(m, zero), zero, tv);
+    if constexpr (kIgnore) {
+      m = M::where(M::eq(tv, ign), zero, m);
+      tv = M::where(M::eq(m, zero), zero, tv);
+    }
     V p = xv, dp = M::c(1);
-    if (a.from_logits) {
+    if constexpr (kLogits) {
       V q, l;
       sigmoid_parts<M>(xv, p, q, l);
       dp = p * q;
     }
-    V d = (gD * abs_diff_grad<M>(p, tv) + gP) * dp;
-    if (focal) d = d + gF * sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm);
-    return d * m;
+    // gD sign(p - t) + gP, the sign as two selects between precomputed sums.
+    V d = M::where(M::gt(p, tv), gPpD, M::where(M::gt(tv, p), gPmD, gP)) * dp;
+    if constexpr (kFocal) d = d + gF * sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm);
+    if constexpr (kIgnore) d = d * m;
+    return d;
   };
   int64_t i = 0;
   for (; i + W <= n; i += W) S::store(out + i, value(S::load(xr + i), S::load(tr + i)));
@@ -641,9 +647,16 @@ void row_stats_backward(const double* gstats, const scalar_t* x, const scalar_t*
       const int64_t s0 = k * kRowChunk, n = std::min(kRowChunk, len - s0);
       if (n <= 0) continue;
       const int64_t off = r * len + s0;
-      dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
-        row_chunk_backward<scalar_t, G, decltype(lanes)::value>(
-            gstats + r * kNumStats, x + off, t + off, n, a, focal, dx + off);
+      dispatch_bool(focal, [&](auto f) __attribute__((always_inline)) {
+        dispatch_bool(a.has_ignore, [&](auto ig) __attribute__((always_inline)) {
+          dispatch_bool(a.from_logits, [&](auto lg) __attribute__((always_inline)) {
+            dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
+              row_chunk_backward<scalar_t, G, decltype(f)::value, decltype(ig)::value,
+                                 decltype(lg)::value, decltype(lanes)::value>(
+                  gstats + r * kNumStats, x + off, t + off, n, a, dx + off);
+            });
+          });
+        });
       });
     }
   });
