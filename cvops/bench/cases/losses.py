@@ -1,4 +1,7 @@
-"""Fused loss cases: torchvision's sigmoid focal loss and composed PyTorch Dice / focal."""
+"""Fused loss cases: torchvision's sigmoid focal loss, composed PyTorch Dice / focal, and
+segmentation_models_pytorch's DiceLoss (when installed)."""
+
+import importlib.util
 
 import torch
 
@@ -71,6 +74,17 @@ def _dice(shape, mode):
     return make
 
 
+def _smp_dice(shape, mode):
+    def make(device):
+        from segmentation_models_pytorch.losses import DiceLoss
+
+        x, t = _seg_data(shape, mode, device)
+        smp_dice = DiceLoss(mode)
+        return _fwd_bwd(cvops.dice_loss, x, t, mode), _fwd_bwd(smp_dice, x, t)
+
+    return make
+
+
 def _dice_focal(device):
     x, t = _seg_data(_SEG, "multiclass", device)
 
@@ -116,3 +130,19 @@ register(
         "cvops dice + cvops focal",
     )
 )
+# What users of segmentation_models_pytorch run today (its DiceLoss, not the lean formula
+# above): the same data and the same result to 1e-5 (tests/ops/test_losses.py).
+if importlib.util.find_spec("segmentation_models_pytorch") is not None:
+    for _shape, _mode, _name in (
+        (_BIN, "binary", "[16,1,512,512]"),
+        (_SEG, "multiclass", "[8,21,256,256]"),
+    ):
+        register(
+            BenchCase(
+                "losses",
+                "dice %s %s fwd+bwd (smp)" % (_mode, _name),
+                "float32",
+                _smp_dice(_shape, _mode),
+                "smp.losses.DiceLoss",
+            )
+        )
