@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_utils.h"
@@ -364,6 +365,14 @@ struct BlockVec {
   typedef acc_t type __attribute__((vector_size(kBlock * sizeof(acc_t))));
 };
 
+// The integer vector that indexes a V's lanes in __builtin_shuffle.
+template <typename V>
+struct BlockMask {
+  using lane_t = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
+  using int_t = std::conditional_t<sizeof(lane_t) == 4, int32_t, int64_t>;
+  typedef int_t type __attribute__((vector_size(kBlock * sizeof(lane_t))));
+};
+
 // A zeroed, vector-aligned scratch buffer of n vectors (std::vector does not see the
 // alignment of a vector-extension type used as a template argument).
 template <typename V>
@@ -437,10 +446,10 @@ struct BlockedArgs {
 // dst[r * pitch + c][l] = src[l * sc + r * sh + c * sw] for r < rows, c < cols and the
 // lanes l < nc; lanes nc..kBlock-1 are zeroed.
 template <typename scalar_t, typename V>
-CVOPS_ALWAYS_INLINE inline void gather_block(V* __restrict dst, int64_t pitch,
-                                             const scalar_t* __restrict src, int64_t sc,
-                                             int64_t sh, int64_t sw, int64_t rows, int64_t cols,
-                                             int64_t nc) {
+CVOPS_ALWAYS_INLINE inline void gather_generic(V* __restrict dst, int64_t pitch,
+                                               const scalar_t* __restrict src, int64_t sc,
+                                               int64_t sh, int64_t sw, int64_t rows,
+                                               int64_t cols, int64_t nc) {
   using acc_t = at::opmath_type<scalar_t>;
   if (sc == 1) {  // channels-last: the lanes of a pixel are contiguous
     for (int64_t r = 0; r < rows; ++r)
@@ -466,10 +475,10 @@ CVOPS_ALWAYS_INLINE inline void gather_block(V* __restrict dst, int64_t pitch,
 
 // dst[l * dc + r * dh + c * dw] = src[r * pitch + c][l] for r < rows, c < cols, l < nc.
 template <typename scalar_t, typename V>
-CVOPS_ALWAYS_INLINE inline void scatter_block(scalar_t* __restrict dst, int64_t dc, int64_t dh,
-                                              int64_t dw, const V* __restrict src,
-                                              int64_t pitch, int64_t rows, int64_t cols,
-                                              int64_t nc) {
+CVOPS_ALWAYS_INLINE inline void scatter_generic(scalar_t* __restrict dst, int64_t dc,
+                                                int64_t dh, int64_t dw, const V* __restrict src,
+                                                int64_t pitch, int64_t rows, int64_t cols,
+                                                int64_t nc) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* s = reinterpret_cast<const acc_t*>(src);
   if (dc == 1) {
@@ -487,6 +496,118 @@ CVOPS_ALWAYS_INLINE inline void scatter_block(scalar_t* __restrict dst, int64_t 
       scalar_t* __restrict o = dst + l * dc + r * dh;
       for (int64_t c = 0; c < cols; ++c) o[c * dw] = static_cast<scalar_t>(v[c * kBlock]);
     }
+}
+
+// In-place transpose of the kBlock x kBlock matrix v[row][lane] (unpack, shuffle and 128-bit
+// permute steps for 8 lanes).
+template <typename V>
+CVOPS_ALWAYS_INLINE inline void transpose_block(V* v) {
+  static_assert(kBlock == 8, "transpose_block is written for 8 lanes");
+  using M = typename BlockMask<V>::type;
+  const M lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const M lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const M lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  V t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(v[i], v[i + 1], lo);
+    t[i + 1] = __builtin_shuffle(v[i], v[i + 1], hi);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
+    v[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+  }
+}
+
+// dst[i][l] = src[l * sc + i] for i < n and l < nc (lanes >= nc zero): kBlock x kBlock
+// transposes, the last one overlapping the previous when n is not a multiple of kBlock.
+template <typename scalar_t, typename V>
+CVOPS_ALWAYS_INLINE inline void transpose_in(V* __restrict dst, const scalar_t* __restrict src,
+                                             int64_t sc, int64_t n, int64_t nc) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (n < kBlock) {
+    gather_generic(dst, n, src, sc, n, 1, 1, n, nc);
+    return;
+  }
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i = std::min(i0, n - kBlock);
+    V v[kBlock];
+    for (int64_t l = 0; l < kBlock; ++l) {
+      V r = {};
+      if (l < nc) {
+        const scalar_t* s = src + l * sc + i;
+        for (int64_t j = 0; j < kBlock; ++j) r[j] = static_cast<acc_t>(s[j]);
+      }
+      v[l] = r;
+    }
+    transpose_block(v);
+    for (int64_t j = 0; j < kBlock; ++j) dst[i + j] = v[j];
+  }
+}
+
+// dst[l * dc + i] = src[i][l] for i < n and l < nc.
+template <typename scalar_t, typename V>
+CVOPS_ALWAYS_INLINE inline void transpose_out(scalar_t* __restrict dst, int64_t dc,
+                                              const V* __restrict src, int64_t n, int64_t nc) {
+  if (n < kBlock) {
+    scatter_generic(dst, dc, n, 1, src, n, 1, n, nc);
+    return;
+  }
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i = std::min(i0, n - kBlock);
+    V v[kBlock];
+    for (int64_t j = 0; j < kBlock; ++j) v[j] = src[i + j];
+    transpose_block(v);
+    for (int64_t l = 0; l < nc; ++l) {
+      scalar_t* d = dst + l * dc + i;
+      for (int64_t j = 0; j < kBlock; ++j) d[j] = static_cast<scalar_t>(v[l][j]);
+    }
+  }
+}
+
+// dst[r * pitch + c][l] = src[l * sc + r * sh + c * sw] for r < rows, c < cols and the
+// lanes l < nc; lanes nc..kBlock-1 are zeroed. A dense NCHW plane goes through vector
+// transposes (into stage, rows * cols vectors, when dst is not dense).
+template <typename scalar_t, typename V>
+CVOPS_ALWAYS_INLINE inline void gather_block(V* __restrict dst, int64_t pitch,
+                                             const scalar_t* __restrict src, int64_t sc,
+                                             int64_t sh, int64_t sw, int64_t rows, int64_t cols,
+                                             int64_t nc, V* __restrict stage) {
+  if (sc != 1 && sw == 1 && (sh == cols || rows == 1)) {
+    if (pitch == cols || rows == 1) {
+      transpose_in(dst, src, sc, rows * cols, nc);
+      return;
+    }
+    transpose_in(stage, src, sc, rows * cols, nc);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) dst[r * pitch + c] = stage[r * cols + c];
+    return;
+  }
+  gather_generic(dst, pitch, src, sc, sh, sw, rows, cols, nc);
+}
+
+// dst[l * dc + r * dh + c * dw] = src[r * pitch + c][l] for r < rows, c < cols, l < nc.
+template <typename scalar_t, typename V>
+CVOPS_ALWAYS_INLINE inline void scatter_block(scalar_t* __restrict dst, int64_t dc, int64_t dh,
+                                              int64_t dw, const V* __restrict src,
+                                              int64_t pitch, int64_t rows, int64_t cols,
+                                              int64_t nc, V* __restrict stage) {
+  if (dc != 1 && dw == 1 && (dh == cols || rows == 1)) {
+    if (pitch == cols || rows == 1) {
+      transpose_out(dst, dc, src, rows * cols, nc);
+      return;
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) stage[r * cols + c] = src[r * pitch + c];
+    transpose_out(dst, dc, stage, rows * cols, nc);
+    return;
+  }
+  scatter_generic(dst, dc, dh, dw, src, pitch, rows, cols, nc);
 }
 
 // Loads the kBlock channels' weights of every tap (zero for lanes >= nc), optionally with the
@@ -542,8 +663,6 @@ CVOPS_ALWAYS_INLINE inline void block_conv(V* __restrict out, const V* __restric
   }
 }
 
-inline int64_t round_cols(int64_t n) { return (n + kCols - 1) / kCols * kCols; }
-
 // Tasks [begin, end) of (image, channel block), block-major within an image.
 template <int KH_, int KW_, typename scalar_t>
 CVOPS_ALWAYS_INLINE inline void blocked_forward_body(const BlockedArgs<scalar_t>& a,
@@ -553,25 +672,27 @@ CVOPS_ALWAYS_INLINE inline void blocked_forward_body(const BlockedArgs<scalar_t>
   const DepthwiseParams& p = a.p;
   const int64_t KK = p.kernel_h * p.kernel_w, blocks = (p.channels + kBlock - 1) / kBlock;
   const int64_t hp = p.height + 2 * p.pad_h, wp = p.width + 2 * p.pad_w;
-  const int64_t ocols = round_cols(p.out_w);
-  // Padding stays zero: only the interior is written, the same pixels for every task.
+  // Padding stays zero: only the interior is written, the same pixels for every task. The
+  // output rows are dense (pitch out_w): the extra columns of a row's last kCols group land
+  // on the next row, which is computed after, or in the slack.
   VecBuffer<V> in(hp * wp + kCols * p.stride_w);
-  VecBuffer<V> out(p.out_h * ocols);
+  VecBuffer<V> out(p.out_h * p.out_w + kCols);
+  VecBuffer<V> stage(std::max(p.height * p.width, p.out_h * p.out_w));
   VecBuffer<V> w(KK);
-  const BlockConv g{p.out_h, p.out_w, ocols, wp, p.stride_h, p.stride_w,
+  const BlockConv g{p.out_h, p.out_w, p.out_w, wp, p.stride_h, p.stride_w,
                     p.dil_h, p.dil_w, p.kernel_h, p.kernel_w};
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kBlock;
     const int64_t nc = std::min(kBlock, p.channels - c0);
     gather_block(in.data() + p.pad_h * wp + p.pad_w, wp, a.src + n * a.ss.n + c0 * a.ss.c,
-                 a.ss.c, a.ss.h, a.ss.w, p.height, p.width, nc);
+                 a.ss.c, a.ss.h, a.ss.w, p.height, p.width, nc, stage.data());
     load_block_weights(w.data(), a.weight, c0, nc, KK, false);
     V init = {};
     if (a.bias != nullptr)
       for (int64_t l = 0; l < nc; ++l) init[l] = static_cast<acc_t>(a.bias[c0 + l]);
     block_conv<KH_, KW_>(out.data(), in.data(), w.data(), init, g);
-    scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(), ocols,
-                  p.out_h, p.out_w, nc);
+    scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(),
+                  p.out_w, p.out_h, p.out_w, nc, stage.data());
   }
 }
 
@@ -591,20 +712,20 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
     const int64_t mh = (KH - 1) * p.dil_h, mw = (KW - 1) * p.dil_w;
     const int64_t rows = std::max(H + p.pad_h + mh, OH + mh);
     const int64_t cols = std::max(W + p.pad_w + mw, OW + mw);
-    const int64_t icols = round_cols(W);
     VecBuffer<V> gbuf(rows * cols + kCols);
-    VecBuffer<V> out(H * icols);
-    const BlockConv g{H, W, icols, cols, 1, 1, p.dil_h, p.dil_w, KH, KW};
+    VecBuffer<V> out(H * W + kCols);  // dense rows, as in the forward
+    VecBuffer<V> stage(std::max(H * W, OH * OW));
+    const BlockConv g{H, W, W, cols, 1, 1, p.dil_h, p.dil_w, KH, KW};
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, c0 = task % blocks * kBlock;
       const int64_t nc = std::min(kBlock, p.channels - c0);
       gather_block(gbuf.data() + mh * cols + mw, cols, a.src + n * a.ss.n + c0 * a.ss.c, a.ss.c,
-                   a.ss.h, a.ss.w, OH, OW, nc);
+                   a.ss.h, a.ss.w, OH, OW, nc, stage.data());
       load_block_weights(w.data(), a.weight, c0, nc, KK, true);
       block_conv<KH_, KW_>(out.data(), gbuf.data() + p.pad_h * cols + p.pad_w, w.data(), V{},
                            g);
-      scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(), icols,
-                    H, W, nc);
+      scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(), W, H,
+                    W, nc, stage.data());
     }
     return;
   }
@@ -613,11 +734,12 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
   const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h, dw = p.dil_w;
   VecBuffer<V> gbuf(OH * OW);
   VecBuffer<V> acc(hp * wp);
+  VecBuffer<V> stage(H * W);
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kBlock;
     const int64_t nc = std::min(kBlock, p.channels - c0);
     gather_block(gbuf.data(), OW, a.src + n * a.ss.n + c0 * a.ss.c, a.ss.c, a.ss.h, a.ss.w, OH,
-                 OW, nc);
+                 OW, nc, stage.data());
     load_block_weights(w.data(), a.weight, c0, nc, KK, false);
     acc.zero();
     V* __restrict q = acc.data();
@@ -633,7 +755,7 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
         }
       }
     scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w,
-                  acc.data() + p.pad_h * wp + p.pad_w, wp, H, W, nc);
+                  acc.data() + p.pad_h * wp + p.pad_w, wp, H, W, nc, stage.data());
   }
 }
 
@@ -650,15 +772,16 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<s
   const int64_t dh = p.dil_h, dw = p.dil_w;
   VecBuffer<V> in(hp * wp);
   VecBuffer<V> gbuf(OH * OW);
+  VecBuffer<V> stage(p.height * p.width);
   constexpr int kFixed = KH_ > 0 && KW_ > 0 ? KH_ * KW_ : 1;
   VecBuffer<V> accv(KH_ > 0 && KW_ > 0 ? 0 : KK);
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kBlock;
     const int64_t nc = std::min(kBlock, p.channels - c0);
     gather_block(in.data() + p.pad_h * wp + p.pad_w, wp, a.src + n * a.ss.n + c0 * a.ss.c,
-                 a.ss.c, a.ss.h, a.ss.w, p.height, p.width, nc);
+                 a.ss.c, a.ss.h, a.ss.w, p.height, p.width, nc, stage.data());
     gather_block(gbuf.data(), OW, a.grad + n * a.gs.n + c0 * a.gs.c, a.gs.c, a.gs.h, a.gs.w, OH,
-                 OW, nc);
+                 OW, nc, stage.data());
     V fixed[kFixed];
     V* acc = KH_ > 0 && KW_ > 0 ? fixed : accv.data();
     for (int64_t t = 0; t < KK; ++t) acc[t] = V{};
