@@ -627,12 +627,13 @@ CVOPS_ALWAYS_INLINE inline void load_block_weights(V* w, const scalar_t* weight,
 // out[oh * out_pitch + ow] = init + sum over taps (kh, kw) of
 // w[kh * KW + kw] * in[(oh * sh + kh * dh) * in_pitch + ow * sw + kw * dw], for oh < rows
 // and ow < round_up(cols, kCols): the extra columns read past the row (the buffers have
-// kCols * sw pixels of slack) and are discarded. KH_/KW_ > 0 fix the kernel at compile time.
+// kCols * sw pixels of slack) and are discarded. KH_/KW_ > 0 fix the kernel at compile time,
+// SW_ > 0 the column stride and DW_ > 0 the dilation (both directions).
 struct BlockConv {
   int64_t rows, cols, out_pitch, in_pitch, sh, sw, dh, dw, kh, kw;
 };
 
-template <int KH_, int KW_, typename V>
+template <int KH_, int KW_, int SW_, int DW_, typename V>
 CVOPS_ALWAYS_INLINE inline void block_conv(V* __restrict out, const V* __restrict in,
                                            const V* __restrict w, const V init,
                                            const BlockConv& g) {
@@ -642,7 +643,7 @@ CVOPS_ALWAYS_INLINE inline void block_conv(V* __restrict out, const V* __restric
   if (KH_ > 0 && KW_ > 0)
     for (int t = 0; t < kFixed; ++t) wf[t] = w[t];
   const V* wt = KH_ > 0 && KW_ > 0 ? wf : w;
-  const int64_t sw = g.sw;
+  const int64_t sw = SW_ > 0 ? SW_ : g.sw, dh = DW_ > 0 ? DW_ : g.dh, dw = DW_ > 0 ? DW_ : g.dw;
   for (int64_t oh = 0; oh < g.rows; ++oh) {
     const V* row = in + oh * g.sh * g.in_pitch;
     V* o = out + oh * g.out_pitch;
@@ -651,10 +652,10 @@ CVOPS_ALWAYS_INLINE inline void block_conv(V* __restrict out, const V* __restric
       for (int r = 0; r < kCols; ++r) acc[r] = init;
       const V* base = row + ow * sw;
       for (int64_t kh = 0; kh < KH; ++kh) {
-        const V* ir = base + kh * g.dh * g.in_pitch;
+        const V* ir = base + kh * dh * g.in_pitch;
         for (int64_t kw = 0; kw < KW; ++kw) {
           const V wv = wt[kh * KW + kw];
-          const V* ic = ir + kw * g.dw;
+          const V* ic = ir + kw * dw;
           for (int r = 0; r < kCols; ++r) acc[r] += wv * ic[r * sw];
         }
       }
@@ -664,7 +665,7 @@ CVOPS_ALWAYS_INLINE inline void block_conv(V* __restrict out, const V* __restric
 }
 
 // Tasks [begin, end) of (image, channel block), block-major within an image.
-template <int KH_, int KW_, typename scalar_t>
+template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>
 CVOPS_ALWAYS_INLINE inline void blocked_forward_body(const BlockedArgs<scalar_t>& a,
                                                      int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -690,13 +691,13 @@ CVOPS_ALWAYS_INLINE inline void blocked_forward_body(const BlockedArgs<scalar_t>
     V init = {};
     if (a.bias != nullptr)
       for (int64_t l = 0; l < nc; ++l) init[l] = static_cast<acc_t>(a.bias[c0 + l]);
-    block_conv<KH_, KW_>(out.data(), in.data(), w.data(), init, g);
+    block_conv<KH_, KW_, SW_, DW_>(out.data(), in.data(), w.data(), init, g);
     scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(),
                   p.out_w, p.out_h, p.out_w, nc, stage.data());
   }
 }
 
-template <int KH_, int KW_, typename scalar_t>
+template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>
 CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<scalar_t>& a,
                                                             int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -722,7 +723,7 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
       gather_block(gbuf.data() + mh * cols + mw, cols, a.src + n * a.ss.n + c0 * a.ss.c, a.ss.c,
                    a.ss.h, a.ss.w, OH, OW, nc, stage.data());
       load_block_weights(w.data(), a.weight, c0, nc, KK, true);
-      block_conv<KH_, KW_>(out.data(), gbuf.data() + p.pad_h * cols + p.pad_w, w.data(), V{},
+      block_conv<KH_, KW_, 1, DW_>(out.data(), gbuf.data() + p.pad_h * cols + p.pad_w, w.data(), V{},
                            g);
       scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(), W, H,
                     W, nc, stage.data());
@@ -759,7 +760,7 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
   }
 }
 
-template <int KH_, int KW_, typename scalar_t>
+template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>
 CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<scalar_t>& a,
                                                              int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -768,8 +769,8 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<s
   const int64_t KH = KH_ > 0 ? KH_ : p.kernel_h, KW = KW_ > 0 ? KW_ : p.kernel_w;
   const int64_t KK = KH * KW, blocks = (p.channels + kBlock - 1) / kBlock;
   const int64_t hp = p.height + 2 * p.pad_h, wp = p.width + 2 * p.pad_w;
-  const int64_t OH = p.out_h, OW = p.out_w, sh = p.stride_h, sw = p.stride_w;
-  const int64_t dh = p.dil_h, dw = p.dil_w;
+  const int64_t OH = p.out_h, OW = p.out_w, sh = p.stride_h, sw = SW_ > 0 ? SW_ : p.stride_w;
+  const int64_t dh = DW_ > 0 ? DW_ : p.dil_h, dw = DW_ > 0 ? DW_ : p.dil_w;
   VecBuffer<V> in(hp * wp);
   VecBuffer<V> gbuf(OH * OW);
   VecBuffer<V> stage(p.height * p.width);
@@ -802,31 +803,32 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<s
   }
 }
 
-// The baseline and AVX2+FMA instantiations of a body, and the dispatch: 3x3 at compile time.
+// The baseline and AVX2+FMA instantiations of a body, and the dispatch: 3x3 undilated at
+// column stride 1 or 2 at compile time, everything else through the runtime loops.
 #define CVOPS_DW_BLOCKED_CLONES(NAME)                                                    \
-  template <int KH_, int KW_, typename scalar_t>                                         \
+  template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>                       \
   void NAME##_base(const BlockedArgs<scalar_t>& a, int64_t begin, int64_t end) {         \
-    NAME##_body<KH_, KW_, scalar_t>(a, begin, end);                                      \
+    NAME##_body<KH_, KW_, SW_, DW_, scalar_t>(a, begin, end);                            \
   }                                                                                      \
-  template <int KH_, int KW_, typename scalar_t>                                         \
+  template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>                       \
   CVOPS_TARGET_AVX2 void NAME##_avx2(const BlockedArgs<scalar_t>& a, int64_t begin,      \
                                      int64_t end) {                                      \
-    NAME##_body<KH_, KW_, scalar_t>(a, begin, end);                                      \
+    NAME##_body<KH_, KW_, SW_, DW_, scalar_t>(a, begin, end);                            \
   }                                                                                      \
   template <typename scalar_t>                                                           \
   void NAME(const BlockedArgs<scalar_t>& a, int64_t begin, int64_t end) {                \
-    const bool k3 = a.p.kernel_h == 3 && a.p.kernel_w == 3;                              \
-    if (cpu_has_avx2()) {                                                                \
-      if (k3)                                                                            \
-        NAME##_avx2<3, 3, scalar_t>(a, begin, end);                                      \
-      else                                                                               \
-        NAME##_avx2<0, 0, scalar_t>(a, begin, end);                                      \
-    } else {                                                                             \
-      if (k3)                                                                            \
-        NAME##_base<3, 3, scalar_t>(a, begin, end);                                      \
-      else                                                                               \
-        NAME##_base<0, 0, scalar_t>(a, begin, end);                                      \
-    }                                                                                    \
+    const DepthwiseParams& p = a.p;                                                      \
+    const bool k3 = p.kernel_h == 3 && p.kernel_w == 3 && p.dil_h == 1 && p.dil_w == 1;  \
+    const bool avx2 = cpu_has_avx2();                                                    \
+    if (k3 && p.stride_w == 1)                                                           \
+      (avx2 ? NAME##_avx2<3, 3, 1, 1, scalar_t> : NAME##_base<3, 3, 1, 1, scalar_t>)(    \
+          a, begin, end);                                                                \
+    else if (k3 && p.stride_w == 2)                                                      \
+      (avx2 ? NAME##_avx2<3, 3, 2, 1, scalar_t> : NAME##_base<3, 3, 2, 1, scalar_t>)(    \
+          a, begin, end);                                                                \
+    else                                                                                 \
+      (avx2 ? NAME##_avx2<0, 0, 0, 0, scalar_t> : NAME##_base<0, 0, 0, 0, scalar_t>)(    \
+          a, begin, end);                                                                \
   }
 
 CVOPS_DW_BLOCKED_CLONES(blocked_forward)
