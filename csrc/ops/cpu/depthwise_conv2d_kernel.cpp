@@ -730,33 +730,72 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
     }
     return;
   }
-  // Scatter-add into the padded input gradient, then crop.
-  const int64_t hp = H + 2 * p.pad_h, wp = W + 2 * p.pad_w;
+  // Stride > 1: gather form per stride phase. Padded input pixel (R, C) = (I * sh + rh,
+  // J * sw + rw) receives, from the taps with (kh * dh) % sh == rh and (kw * dw) % sw == rw,
+  // w[kh][kw] * grad[I - (kh * dh) / sh][J - (kw * dw) / sw]: a stride-1 correlation of the
+  // gradient (at (mh, mw) in a zero-margined buffer) with the phase's taps. The phases are
+  // computed whole, interleaved back into a dense [H][W] block and written out.
   const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h, dw = p.dil_w;
-  VecBuffer<V> gbuf(OH * OW);
-  VecBuffer<V> acc(hp * wp);
-  VecBuffer<V> stage(H * W);
+  const int64_t hp = H + 2 * p.pad_h, wp = W + 2 * p.pad_w;
+  const int64_t PI = (hp + sh - 1) / sh, PJ = (wp + sw - 1) / sw;  // the largest phase
+  const int64_t mh = (KH - 1) * dh / sh, mw = (KW - 1) * dw / sw;
+  const int64_t grows = std::max(PI, OH) + mh, gcols = std::max(PJ, OW) + mw;
+  const int64_t phase_size = PI * PJ + kCols;
+  VecBuffer<V> gbuf(grows * gcols + kCols);
+  VecBuffer<V> phases(sh * sw * phase_size);
+  VecBuffer<V> dense(H * W);
+  VecBuffer<V> stage(std::max(H * W, OH * OW));
+  // Per phase: tap offsets in gbuf and weight indices.
+  std::vector<std::vector<int64_t>> offs(sh * sw), widx(sh * sw);
+  for (int64_t kh = 0; kh < KH; ++kh)
+    for (int64_t kw = 0; kw < KW; ++kw) {
+      const int64_t ph = (kh * dh) % sh * sw + (kw * dw) % sw;
+      offs[ph].push_back((mh - kh * dh / sh) * gcols + mw - kw * dw / sw);
+      widx[ph].push_back(kh * KW + kw);
+    }
+  VecBuffer<V> pw(KK);
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kBlock;
     const int64_t nc = std::min(kBlock, p.channels - c0);
-    gather_block(gbuf.data(), OW, a.src + n * a.ss.n + c0 * a.ss.c, a.ss.c, a.ss.h, a.ss.w, OH,
-                 OW, nc, stage.data());
+    gather_block(gbuf.data() + mh * gcols + mw, gcols, a.src + n * a.ss.n + c0 * a.ss.c, a.ss.c,
+                 a.ss.h, a.ss.w, OH, OW, nc, stage.data());
     load_block_weights(w.data(), a.weight, c0, nc, KK, false);
-    acc.zero();
-    V* __restrict q = acc.data();
-    const V* __restrict gb = gbuf.data();
-    for (int64_t oh = 0; oh < OH; ++oh)
-      for (int64_t kh = 0; kh < KH; ++kh) {
-        V* qr = q + (oh * sh + kh * dh) * wp;
-        const V* gr = gb + oh * OW;
-        for (int64_t kw = 0; kw < KW; ++kw) {
-          const V wv = w[kh * KW + kw];
-          V* qc = qr + kw * dw;
-          for (int64_t ow = 0; ow < OW; ++ow) qc[ow * sw] += wv * gr[ow];
+    for (int64_t ph = 0; ph < sh * sw; ++ph) {
+      const int64_t T = static_cast<int64_t>(offs[ph].size());
+      const int64_t* off = offs[ph].data();
+      for (int64_t t = 0; t < T; ++t) pw[t] = w[widx[ph][t]];
+      // out[I][J] = sum_t pw[t] * gbuf[I * gcols + J + off[t]], rows of PJ (dense, the extra
+      // columns of the last kCols group spill into the next row or the slack).
+      V* __restrict out = phases.data() + ph * phase_size;
+      const V* __restrict gb = gbuf.data();
+      for (int64_t I = 0; I < PI; ++I)
+        for (int64_t J = 0; J < PJ; J += kCols) {
+          V acc[kCols];
+          for (int r = 0; r < kCols; ++r) acc[r] = V{};
+          const V* base = gb + I * gcols + J;
+          for (int64_t t = 0; t < T; ++t) {
+            const V wv = pw[t];
+            const V* src = base + off[t];
+            for (int r = 0; r < kCols; ++r) acc[r] += wv * src[r];
+          }
+          for (int r = 0; r < kCols; ++r) out[I * PJ + J + r] = acc[r];
+        }
+    }
+    for (int64_t ih = 0; ih < H; ++ih) {
+      const int64_t R = ih + p.pad_h, rh = R % sh, I = R / sh;
+      V* __restrict d = dense.data() + ih * W;
+      const V* src = phases.data() + rh * sw * phase_size + I * PJ;
+      int64_t rw = p.pad_w % sw, J = p.pad_w / sw;
+      for (int64_t iw = 0; iw < W; ++iw) {
+        d[iw] = src[rw * phase_size + J];
+        if (++rw == sw) {
+          rw = 0;
+          ++J;
         }
       }
-    scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w,
-                  acc.data() + p.pad_h * wp + p.pad_w, wp, H, W, nc, stage.data());
+    }
+    scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, dense.data(), W, H,
+                  W, nc, stage.data());
   }
 }
 
