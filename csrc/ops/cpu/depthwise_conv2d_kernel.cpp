@@ -1,6 +1,10 @@
 // Depthwise 2-D convolution CPU kernels: forward, input gradient and weight/bias gradient.
 //
-// Every kernel works plane by plane, parallel over (image, input channel) planes. A plane is
+// Two paths. Small planes (out_h * out_w <= 30 * 30 at stride 1, <= 56 * 56 with a stride
+// > 1; multiplier 1) take the channel-blocked path further down: 8 channels of one image
+// interleaved, the vector across channels. Everything else takes the plane path below.
+//
+// The plane path works plane by plane, parallel over (image, input channel) planes. A plane is
 // first copied (in the op-math type) into a zero-padded buffer split by stride phase in both
 // directions (see PhaseLayout below), so that for any stride, dilation and padding every
 // kernel tap of every output of the plane reads one contiguous range at a constant offset:
@@ -13,7 +17,8 @@
 //
 // The weight gradient is reduced deterministically: one partial per (image, channel), summed
 // over the batch in index order, whatever the thread count. Channels-last input is computed
-// through an NCHW copy and the result is returned in the input's memory format.
+// through an NCHW copy and the result is returned in the input's memory format (the blocked
+// path reads and writes any strides directly).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -398,10 +403,12 @@ class VecBuffer {
 };
 #endif
 
-// Largest out_h * out_w that takes the blocked path (measured on the 2-core Zen 4 VM: the
-// blocked path wins up to 28x28 outputs at stride 1 and 2; at 56x56 the plane path is
-// faster).
-constexpr int64_t kBlockedMaxPlane = 32 * 32;
+// Largest out_h * out_w that takes the blocked path, at stride 1 and at larger strides.
+// Measured on the 2-core Zen 4 VM (fp32, 3x3, 1 and 2 threads): at stride 1 the blocked path
+// wins up to 28x28 outputs and loses from 32x32; at stride 2 (where the plane path's phase
+// split costs more) it is still 1.3-1.7x faster at 40x40 and 56x56 outputs.
+constexpr int64_t kBlockedMaxPlane = 30 * 30;
+constexpr int64_t kBlockedMaxPlaneStrided = 56 * 56;
 
 // CVOPS_DEPTHWISE_CPU_PATH=blocked / plane forces a path (tests: both on the same shapes);
 // read on every call. Multiplier > 1 always runs the plane path.
@@ -411,7 +418,8 @@ bool use_blocked_path(const DepthwiseParams& p) {
   const char* env = std::getenv("CVOPS_DEPTHWISE_CPU_PATH");
   if (env != nullptr && std::strcmp(env, "blocked") == 0) return true;
   if (env != nullptr && std::strcmp(env, "plane") == 0) return false;
-  return p.out_h * p.out_w <= kBlockedMaxPlane;
+  const bool strided = p.stride_h > 1 || p.stride_w > 1;
+  return p.out_h * p.out_w <= (strided ? kBlockedMaxPlaneStrided : kBlockedMaxPlane);
 #else
   (void)p;
   return false;
@@ -723,8 +731,8 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
       gather_block(gbuf.data() + mh * cols + mw, cols, a.src + n * a.ss.n + c0 * a.ss.c, a.ss.c,
                    a.ss.h, a.ss.w, OH, OW, nc, stage.data());
       load_block_weights(w.data(), a.weight, c0, nc, KK, true);
-      block_conv<KH_, KW_, 1, DW_>(out.data(), gbuf.data() + p.pad_h * cols + p.pad_w, w.data(), V{},
-                           g);
+      block_conv<KH_, KW_, 1, DW_>(out.data(), gbuf.data() + p.pad_h * cols + p.pad_w, w.data(),
+                                   V{}, g);
       scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(), W, H,
                     W, nc, stage.data());
     }
