@@ -807,6 +807,29 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
   }
 }
 
+// acc[k] += sum over ow < n of g[ow] * in[ow * sw + k * dw], k < NK, with kCols independent
+// accumulator sets (the sum order is fixed: deterministic). SW_/DW_ > 0: compile-time sw/dw.
+template <int NK, int SW_, int DW_, typename V>
+CVOPS_ALWAYS_INLINE inline void dot_row(V* __restrict acc, const V* __restrict g,
+                                        const V* __restrict in, int64_t n, int64_t sw_,
+                                        int64_t dw_) {
+  const int64_t sw = SW_ > 0 ? SW_ : sw_, dw = DW_ > 0 ? DW_ : dw_;
+  V a[kCols][NK];
+  for (int r = 0; r < kCols; ++r)
+    for (int k = 0; k < NK; ++k) a[r][k] = V{};
+  int64_t ow = 0;
+  for (; ow + kCols <= n; ow += kCols)
+    for (int r = 0; r < kCols; ++r) {
+      const V gv = g[ow + r];
+      for (int k = 0; k < NK; ++k) a[r][k] += gv * in[(ow + r) * sw + k * dw];
+    }
+  for (; ow < n; ++ow) {
+    const V gv = g[ow];
+    for (int k = 0; k < NK; ++k) a[0][k] += gv * in[ow * sw + k * dw];
+  }
+  for (int k = 0; k < NK; ++k) acc[k] += (a[0][k] + a[1][k]) + (a[2][k] + a[3][k]);
+}
+
 template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>
 CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<scalar_t>& a,
                                                              int64_t begin, int64_t end) {
@@ -821,8 +844,9 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<s
   VecBuffer<V> in(hp * wp);
   VecBuffer<V> gbuf(OH * OW);
   VecBuffer<V> stage(p.height * p.width);
-  constexpr int kFixed = KH_ > 0 && KW_ > 0 ? KH_ * KW_ : 1;
-  VecBuffer<V> accv(KH_ > 0 && KW_ > 0 ? 0 : KK);
+  VecBuffer<V> accv(KK + 1);  // the taps, then the bias
+  VecBuffer<V> ones(1);
+  ones[0] = V{} + acc_t(1);
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kBlock;
     const int64_t nc = std::min(kBlock, p.channels - c0);
@@ -830,23 +854,25 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<s
                  a.ss.c, a.ss.h, a.ss.w, p.height, p.width, nc, stage.data());
     gather_block(gbuf.data(), OW, a.grad + n * a.gs.n + c0 * a.gs.c, a.gs.c, a.gs.h, a.gs.w, OH,
                  OW, nc, stage.data());
-    V fixed[kFixed];
-    V* acc = KH_ > 0 && KW_ > 0 ? fixed : accv.data();
-    for (int64_t t = 0; t < KK; ++t) acc[t] = V{};
-    V bsum = {};
+    // Row by row: per kernel row (3x3) or per tap (other kernels), kCols columns at a time
+    // into kCols independent accumulator sets, added into acc at the end of the row.
+    V* __restrict acc = accv.data();
+    for (int64_t t = 0; t <= KK; ++t) acc[t] = V{};
     const V* __restrict q = in.data();
-    for (int64_t oh = 0; oh < OH; ++oh)
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        const V gv = gbuf[oh * OW + ow];
-        bsum += gv;
-        const V* base = q + oh * sh * wp + ow * sw;
-        for (int64_t kh = 0; kh < KH; ++kh)
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const V* grow = gbuf.data() + oh * OW;
+      dot_row<1, 0, 0>(acc + KK, grow, ones.data(), OW, 0, 0);  // bias: ones[0] * g
+      for (int64_t kh = 0; kh < KH; ++kh) {
+        const V* irow = q + (oh * sh + kh * dh) * wp;
+        if (KW_ > 0)
+          dot_row<(KW_ > 0 ? KW_ : 1), SW_, DW_>(acc + kh * KW, grow, irow, OW, sw, dw);
+        else
           for (int64_t kw = 0; kw < KW; ++kw)
-            acc[kh * KW + kw] += gv * base[kh * dh * wp + kw * dw];
+            dot_row<1, 0, 0>(acc + kh * KW + kw, grow, irow + kw * dw, OW, sw, dw);
       }
+    }
     V* res = reinterpret_cast<V*>(a.partial) + task * (KK + 1);
-    for (int64_t t = 0; t < KK; ++t) res[t] = acc[t];
-    res[KK] = bsum;
+    for (int64_t t = 0; t <= KK; ++t) res[t] = acc[t];
   }
 }
 
@@ -882,6 +908,22 @@ CVOPS_DW_BLOCKED_CLONES(blocked_forward)
 CVOPS_DW_BLOCKED_CLONES(blocked_backward_input)
 CVOPS_DW_BLOCKED_CLONES(blocked_backward_weight)
 #undef CVOPS_DW_BLOCKED_CLONES
+
+// res[c][t] = sum over n, in index order, of partial[n][c / kBlock][t][c % kBlock]: one vector
+// of kBlock channels at a time (the same order per channel, so the same bits).
+template <typename acc_t>
+void blocked_reduce_partials(acc_t* res, const acc_t* partial, int64_t batch, int64_t blocks,
+                             int64_t T, int64_t channels) {
+  using V = typename BlockVec<acc_t>::type;
+  const V* part = reinterpret_cast<const V*>(partial);
+  for (int64_t cb = 0; cb < blocks; ++cb)
+    for (int64_t t = 0; t < T; ++t) {
+      V sum = part[cb * T + t];
+      for (int64_t n = 1; n < batch; ++n) sum += part[(n * blocks + cb) * T + t];
+      for (int64_t l = 0; l < kBlock && cb * kBlock + l < channels; ++l)
+        res[(cb * kBlock + l) * T + t] = sum[l];
+    }
+}
 
 // (image, channel block) tasks per parallel chunk: 2^16 multiply-adds, as grain_size.
 int64_t blocked_grain(const DepthwiseParams& p) {
@@ -1216,17 +1258,8 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cpu(
             a.partial = partial.mutable_data_ptr<acc_t>();
             blocked_run<scalar_t>(&blocked_backward_weight<scalar_t>, a);
             const int64_t blocks = (p.channels + kBlock - 1) / kBlock, T = KK + 1;
-            const acc_t* part = a.partial;
-            acc_t* res = result.mutable_data_ptr<acc_t>();
-            for (int64_t c = 0; c < p.channels; ++c) {
-              const int64_t cb = c / kBlock, l = c % kBlock;
-              for (int64_t t = 0; t < T; ++t) {
-                acc_t sum = 0;
-                for (int64_t n = 0; n < p.batch; ++n)
-                  sum += part[((n * blocks + cb) * T + t) * kBlock + l];
-                res[c * T + t] = sum;
-              }
-            }
+            blocked_reduce_partials(result.mutable_data_ptr<acc_t>(), a.partial, p.batch,
+                                    blocks, T, p.channels);
           });
     } else
 #endif
