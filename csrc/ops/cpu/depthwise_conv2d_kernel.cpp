@@ -580,7 +580,8 @@ CVOPS_ALWAYS_INLINE inline void transpose_out(scalar_t* __restrict dst, int64_t 
 
 // dst[r * pitch + c][l] = src[l * sc + r * sh + c * sw] for r < rows, c < cols and the
 // lanes l < nc; lanes nc..kBlock-1 are zeroed. A dense NCHW plane goes through vector
-// transposes (into stage, rows * cols vectors, when dst is not dense).
+// transposes: of the whole plane when dst is dense too, else row by row (rows of at least
+// kBlock pixels) or through stage (rows * cols vectors).
 template <typename scalar_t, typename V>
 CVOPS_ALWAYS_INLINE inline void gather_block(V* __restrict dst, int64_t pitch,
                                              const scalar_t* __restrict src, int64_t sc,
@@ -589,6 +590,10 @@ CVOPS_ALWAYS_INLINE inline void gather_block(V* __restrict dst, int64_t pitch,
   if (sc != 1 && sw == 1 && (sh == cols || rows == 1)) {
     if (pitch == cols || rows == 1) {
       transpose_in(dst, src, sc, rows * cols, nc);
+      return;
+    }
+    if (cols >= kBlock) {  // row by row, straight into the padded rows
+      for (int64_t r = 0; r < rows; ++r) transpose_in(dst + r * pitch, src + r * sh, sc, cols, nc);
       return;
     }
     transpose_in(stage, src, sc, rows * cols, nc);
