@@ -460,6 +460,16 @@ CVOPS_ALWAYS_INLINE inline void gather_generic(V* __restrict dst, int64_t pitch,
                                                int64_t cols, int64_t nc) {
   using acc_t = at::opmath_type<scalar_t>;
   if (sc == 1) {  // channels-last: the lanes of a pixel are contiguous
+    if (nc == kBlock) {  // a full block: fixed-length loops, one vector load (and convert)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const scalar_t* s = src + r * sh + c * sw;
+          V v;
+          for (int64_t l = 0; l < kBlock; ++l) v[l] = static_cast<acc_t>(s[l]);
+          dst[r * pitch + c] = v;
+        }
+      return;
+    }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) {
         const scalar_t* s = src + r * sh + c * sw;
@@ -490,6 +500,15 @@ CVOPS_ALWAYS_INLINE inline void scatter_generic(scalar_t* __restrict dst, int64_
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* s = reinterpret_cast<const acc_t*>(src);
   if (dc == 1) {
+    if (nc == kBlock) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const acc_t* __restrict v = s + (r * pitch + c) * kBlock;
+          scalar_t* __restrict o = dst + r * dh + c * dw;
+          for (int64_t l = 0; l < kBlock; ++l) o[l] = static_cast<scalar_t>(v[l]);
+        }
+      return;
+    }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) {
         const acc_t* __restrict v = s + (r * pitch + c) * kBlock;
@@ -1000,12 +1019,15 @@ at::Tensor depthwise_conv2d_forward_cpu(const at::Tensor& input, const at::Tenso
                                         at::IntArrayRef dilation) {
   const auto p = check_depthwise_forward_args(input, weight, bias, stride, padding, dilation);
   const auto format = depthwise_result_format(input);
-  at::Tensor output = at::empty({p.batch, p.out_channels(), p.out_h, p.out_w}, input.options());
+  const bool blocked = use_blocked_path(p);
+  // The blocked path writes the result in its final memory format through strides.
+  at::Tensor output =
+      at::empty({p.batch, p.out_channels(), p.out_h, p.out_w},
+                input.options().memory_format(blocked ? format : at::MemoryFormat::Contiguous));
   if (output.numel() == 0) return output.contiguous(format);
 #if CVOPS_DW_VEC_LOOPS
-  if (use_blocked_path(p)) {
-    // Reads the input and writes the output (in its final memory format) through strides.
-    output = output.contiguous(format);
+  if (blocked) {
+    // Reads the input through its strides too.
     at::Tensor w = weight.contiguous();
     at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -1146,11 +1168,13 @@ at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at:
   const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height,
                                                      width, stride, padding, dilation);
   const auto format = depthwise_result_format(grad);
-  at::Tensor grad_input = at::empty({batch, channels, height, width}, grad.options());
+  const bool blocked = use_blocked_path(p);
+  at::Tensor grad_input =
+      at::empty({batch, channels, height, width},
+                grad.options().memory_format(blocked ? format : at::MemoryFormat::Contiguous));
   if (grad_input.numel() == 0) return grad_input.contiguous(format);
 #if CVOPS_DW_VEC_LOOPS
-  if (use_blocked_path(p)) {
-    grad_input = grad_input.contiguous(format);
+  if (blocked) {
     at::Tensor w = weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, grad.scalar_type(),
