@@ -370,7 +370,7 @@ struct BlockVec {
   typedef acc_t type __attribute__((vector_size(kBlock * sizeof(acc_t))));
 };
 
-// The integer vector that indexes a V's lanes in __builtin_shuffle.
+// The integer vector that indexes a V's lanes in GCC's __builtin_shuffle.
 template <typename V>
 struct BlockMask {
   using lane_t = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
@@ -525,31 +525,38 @@ CVOPS_ALWAYS_INLINE inline void scatter_generic(scalar_t* __restrict dst, int64_
     }
 }
 
+// Two-vector lane shuffle with constant indices: __builtin_shufflevector (Clang, GCC >= 12)
+// or GCC's __builtin_shuffle with a mask vector.
+#if defined(__clang__) || __GNUC__ >= 12
+#define CVOPS_DW_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define CVOPS_DW_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, M{__VA_ARGS__})
+#endif
+
 // In-place transpose of the kBlock x kBlock matrix v[row][lane] (unpack, shuffle and 128-bit
 // permute steps for 8 lanes).
 template <typename V>
 CVOPS_ALWAYS_INLINE inline void transpose_block(V* v) {
   static_assert(kBlock == 8, "transpose_block is written for 8 lanes");
   using M = typename BlockMask<V>::type;
-  const M lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-  const M lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-  const M lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  (void)sizeof(M);
   V t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(v[i], v[i + 1], lo);
-    t[i + 1] = __builtin_shuffle(v[i], v[i + 1], hi);
+    t[i] = CVOPS_DW_SHUFFLE(v[i], v[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = CVOPS_DW_SHUFFLE(v[i], v[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
   for (int i = 0; i < 8; i += 4) {
-    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
-    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
-    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
-    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+    u[i] = CVOPS_DW_SHUFFLE(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = CVOPS_DW_SHUFFLE(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = CVOPS_DW_SHUFFLE(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = CVOPS_DW_SHUFFLE(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
   }
   for (int i = 0; i < 4; ++i) {
-    v[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
-    v[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+    v[i] = CVOPS_DW_SHUFFLE(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    v[i + 4] = CVOPS_DW_SHUFFLE(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
 }
+#undef CVOPS_DW_SHUFFLE
 
 // dst[i][l] = src[l * sc + i] for i < n and l < nc (lanes >= nc zero): kBlock x kBlock
 // transposes, the last one overlapping the previous when n is not a multiple of kBlock.
