@@ -346,12 +346,13 @@ int64_t flat_outputs(const DepthwiseParams& p, const PhaseLayout& lay) {
 //
 // * Forward: the input block in a zero-padded buffer [H + 2 pad_h][W + 2 pad_w].
 // * Input gradient, stride 1: the correlation of the zero-margined output gradient with the
-//   flipped kernel, the same loop as the forward. Larger strides: scatter-add of every
-//   gradient pixel times the tap weights into a padded input-gradient buffer (one task owns
-//   the block, no races), then cropped.
-// * Weight and bias gradient: per (image, channel block) task, one vector accumulator per tap
-//   over the plane; the per-image partials are summed over the batch in index order, so the
-//   result is bitwise the same for any thread count.
+//   flipped kernel, the same loop as the forward. Larger strides: the same in gather form per
+//   stride phase of the padded input (each phase is a stride-1 correlation with the taps of
+//   that phase), the phases interleaved back into the plane.
+// * Weight and bias gradient: per (image, channel block) task, vector accumulators per tap
+//   (row dot products, a fixed summation order) over the plane; the per-image partials are
+//   summed over the batch in index order, so the result is bitwise the same for any thread
+//   count.
 //
 // Channel counts that are not a multiple of kBlock run the last block with the missing lanes
 // zero (discarded). Any strides are read and written directly, so channels-last tensors need
