@@ -80,4 +80,14 @@ inline void check_loss_stats_args(const char* op, const at::Tensor& input,
                     ": gamma must be finite and non-negative, got ", gamma);
 }
 
+// _loss_stats_backward: the grad of the statistics, [N, C, kNumStats] for input [N, C, S].
+inline void check_loss_stats_grad(const char* op, const at::Tensor& grad,
+                                  const at::Tensor& input) {
+  const int64_t N = input.size(0), C = input.size(1);
+  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == N && grad.size(1) == C &&
+                        grad.size(2) == loss_math::kNumStats,
+                    op, ": expected grad of shape [", N, ", ", C, ", ", loss_math::kNumStats,
+                    "], got ", grad.sizes());
+}
+
 }  // namespace cvops

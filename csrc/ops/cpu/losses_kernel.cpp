@@ -84,28 +84,21 @@ struct VecMathT {
     for (int i = 0; i < L; ++i) r[i] = v;
     return r;
   }
-  static CVOPS_CPU_INLINE V as_float(Mask v) {
-    V r;
+  // The same bits as another type of the same size.
+  template <typename To, typename From>
+  static CVOPS_CPU_INLINE To bits(From v) {
+    static_assert(sizeof(To) == sizeof(From), "bit cast between sizes");
+    To r;
     std::memcpy(&r, &v, sizeof(r));
     return r;
   }
-  static CVOPS_CPU_INLINE Mask as_int(V v) {
-    Mask r;
-    std::memcpy(&r, &v, sizeof(r));
-    return r;
-  }
+  static CVOPS_CPU_INLINE V as_float(Mask v) { return bits<V>(v); }
+  static CVOPS_CPU_INLINE Mask as_int(V v) { return bits<Mask>(v); }
   // Truncating float -> int and back. GCC turns the loops into cvttps2dq / cvtdq2ps under
   // AVX2; the SSE width uses the SSE2 intrinsics (the generic lowering is scalar there).
   static CVOPS_CPU_INLINE Mask to_int(V v) {
 #if defined(__SSE2__)
-    if constexpr (L == 4) {
-      __m128 h;
-      std::memcpy(&h, &v, sizeof(h));
-      const __m128i r = _mm_cvttps_epi32(h);
-      Mask out;
-      std::memcpy(&out, &r, sizeof(out));
-      return out;
-    }
+    if constexpr (L == 4) return bits<Mask>(_mm_cvttps_epi32(bits<__m128>(v)));
 #endif
     Mask r;
     for (int i = 0; i < L; ++i) r[i] = static_cast<int32_t>(v[i]);
@@ -113,14 +106,7 @@ struct VecMathT {
   }
   static CVOPS_CPU_INLINE V to_float(Mask v) {
 #if defined(__SSE2__)
-    if constexpr (L == 4) {
-      __m128i h;
-      std::memcpy(&h, &v, sizeof(h));
-      const __m128 r = _mm_cvtepi32_ps(h);
-      V out;
-      std::memcpy(&out, &r, sizeof(out));
-      return out;
-    }
+    if constexpr (L == 4) return bits<V>(_mm_cvtepi32_ps(bits<__m128i>(v)));
 #endif
     V r;
     for (int i = 0; i < L; ++i) r[i] = static_cast<float>(v[i]);
@@ -1093,10 +1079,7 @@ at::Tensor loss_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& inp
   constexpr const char* op = "cvops._loss_stats_backward";
   check_loss_stats_args(op, input, target, alpha, mode, from_logits, gamma, focal);
   const int64_t N = input.size(0), C = input.size(1), L = input.size(2);
-  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == N && grad.size(1) == C &&
-                        grad.size(2) == kNumStats,
-                    op, ": expected grad of shape [", N, ", ", C, ", ", kNumStats, "], got ",
-                    grad.sizes());
+  check_loss_stats_grad(op, grad, input);
   at::Tensor out = at::empty(input.sizes(), input.options());
   if (out.numel() == 0) return out;
   const at::Tensor g = grad.to(at::kDouble).contiguous();

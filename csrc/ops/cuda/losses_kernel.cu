@@ -536,10 +536,7 @@ at::Tensor loss_stats_backward_cuda(const at::Tensor& grad, const at::Tensor& in
   constexpr const char* op = "cvops._loss_stats_backward";
   check_loss_stats_args(op, input, target, alpha, mode, from_logits, gamma, focal);
   const int64_t N = input.size(0), C = input.size(1), L = input.size(2);
-  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == N && grad.size(1) == C &&
-                        grad.size(2) == kNumStats,
-                    op, ": expected grad of shape [", N, ", ", C, ", ", kNumStats, "], got ",
-                    grad.sizes());
+  check_loss_stats_grad(op, grad, input);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor out = at::empty(input.sizes(), input.options());
   if (out.numel() == 0) return out;
