@@ -360,8 +360,24 @@ class FocalLoss(nn.Module):
         )
 
 
-class DiceLoss(nn.Module):
+class _KeywordLoss(nn.Module):
+    """An ``nn.Module`` that calls its functional loss with the keyword arguments it was built
+    with (``self.kwargs``); subclasses spell the arguments out in ``__init__``."""
+
+    _loss = None  # staticmethod: the functional form
+    _repr_skip = ()  # kwargs left out of the repr
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return self._loss(input, target, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join("%s=%r" % kv for kv in self.kwargs.items() if kv[0] not in self._repr_skip)
+
+
+class DiceLoss(_KeywordLoss):
     """``nn.Module`` form of :func:`dice_loss`."""
+
+    _loss = staticmethod(dice_loss)
 
     def __init__(
         self,
@@ -388,15 +404,12 @@ class DiceLoss(nn.Module):
             reduction=reduction,
         )
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return dice_loss(input, target, **self.kwargs)
 
-    def extra_repr(self) -> str:
-        return ", ".join("%s=%r" % kv for kv in self.kwargs.items())
-
-
-class DiceFocalLoss(nn.Module):
+class DiceFocalLoss(_KeywordLoss):
     """``nn.Module`` form of :func:`dice_focal_loss`."""
+
+    _loss = staticmethod(dice_focal_loss)
+    _repr_skip = ("alpha",)  # may be a per-class tensor
 
     def __init__(
         self,
@@ -425,12 +438,6 @@ class DiceFocalLoss(nn.Module):
             log_loss=log_loss,
             per_image=per_image,
         )
-
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return dice_focal_loss(input, target, **self.kwargs)
-
-    def extra_repr(self) -> str:
-        return ", ".join("%s=%r" % kv for kv in self.kwargs.items() if kv[0] != "alpha")
 
 
 def _opmath(dtype):
