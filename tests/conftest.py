@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -6,6 +10,26 @@ import cvops
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 requires_ops = pytest.mark.skipif(not cvops.has_ops(), reason="cvops._C is not built")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(code, **env):
+    """Run `code` in a fresh interpreter (the repository on its path; `env` added to the
+    environment, a None value removing the variable) and assert that it exits cleanly and
+    prints OK: for settings read once per process, like CVOPS_DISABLE_AVX2."""
+    full = dict(os.environ)
+    full["PYTHONPATH"] = ROOT + os.pathsep + full.get("PYTHONPATH", "")
+    for name, value in env.items():
+        if value is None:
+            full.pop(name, None)
+        else:
+            full[name] = value
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full, cwd=ROOT
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
 
 
 def devices():

@@ -2,16 +2,12 @@
 shapes, forced through CVOPS_DEPTHWISE_CPU_PATH (read on every call), against
 F.conv2d(groups=C) for the output and all gradients."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import cvops
-from tests.conftest import requires_ops
+from tests.conftest import requires_ops, run_python
 from tests.ops.test_depthwise_conv2d import check_against_conv2d
 
 pytestmark = requires_ops
@@ -113,19 +109,33 @@ def test_weight_gradient_independent_of_thread_count(path, stride):
         assert torch.equal(gw, results[0][0]) and torch.equal(gb, results[0][1])
 
 
-def test_the_paths_differ(monkeypatch):
-    # The two paths sum the weight gradient in different orders: with float32 data their
-    # results differ in the last bits, which shows that the variable selects the path.
+HAS_AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+# "masked" is the AVX-512 path's name (float32, stride 1, NCHW: these tensors' default there).
+@pytest.mark.parametrize(
+    "chosen",
+    [
+        "blocked",
+        pytest.param(
+            "masked", marks=pytest.mark.skipif(not HAS_AVX512, reason="needs an AVX-512 CPU")
+        ),
+    ],
+)
+def test_the_paths_differ(monkeypatch, chosen):
+    # The paths sum the weight gradient in different orders: with float32 data their results
+    # differ in the last bits, which shows that the variable selects the path.
     x = torch.randn(4, 16, 14, 14)
     g = torch.randn(4, 16, 14, 14)
     got = {}
-    for p in ("blocked", "plane"):
+    for p in (chosen, "plane"):
         monkeypatch.setenv(ENV, p)
         got[p] = torch.ops.cvops._depthwise_conv2d_backward_weight(
             g, x, 3, 3, [1, 1], [1, 1], [1, 1]
-        )[0]
-    torch.testing.assert_close(got["blocked"], got["plane"], rtol=1e-4, atol=1e-4)
-    assert not torch.equal(got["blocked"], got["plane"])
+        )
+    for a, b in zip(got[chosen], got["plane"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(got[chosen][0], got["plane"][0])
 
 
 def test_default_selection_small_and_large(monkeypatch):
@@ -146,12 +156,6 @@ def test_blocked_baseline_loops_without_avx2():
         "                             dt, channels_last=cl)\n"
         "        check_against_conv2d((1, 9, 11, 10), (5, 4), (2, 1), (2, 1), (1, 2), 1, True,\n"
         "                             dt, channels_last=cl)\n"
-        "print('ok')\n"
+        "print('OK')\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, CVOPS_DISABLE_AVX2="1", PYTHONPATH=root)
-    env[ENV] = "blocked"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
-    )
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_python(code, CVOPS_DISABLE_AVX2="1", **{ENV: "blocked"})

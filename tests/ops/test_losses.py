@@ -2,8 +2,6 @@
 pure-PyTorch references: values, gradients, dtypes, edge cases, bad input."""
 
 import importlib.util
-import os
-import subprocess
 import sys
 
 import pytest
@@ -12,7 +10,7 @@ import torchvision
 
 import cvops
 from cvops.ops import _reference as ref
-from tests.conftest import devices, requires_cuda, requires_ops
+from tests.conftest import devices, requires_cuda, requires_ops, run_python
 
 pytestmark = requires_ops
 
@@ -500,7 +498,7 @@ def test_cuda_out_of_range_target_gives_nan():
 
 
 @pytest.mark.parametrize("disable", ["CVOPS_DISABLE_AVX2", "CVOPS_DISABLE_AVX512"])
-def test_narrower_isa_paths_match_reference(tmp_path, disable):
+def test_narrower_isa_paths_match_reference(disable):
     # The CPU kernels pick AVX-512, AVX2 or the SSE2 baseline at run time; the environment
     # variables force the narrower ones (a no-op where the CPU lacks the wider ISA anyway).
     code = (
@@ -523,10 +521,4 @@ def test_narrower_isa_paths_match_reference(tmp_path, disable):
         "    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)\n"
         "print('OK')\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cvops.__file__)))
-    env = dict(os.environ, PYTHONPATH=root)
-    env[disable] = "1"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+    run_python(code, **{disable: "1"})

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import cvops
-from tests.conftest import devices, requires_ops
+from tests.conftest import devices, requires_ops, run_python
 from tests.ops.roi_cases import random_boxes, rois_to_list
 
 pytestmark = requires_ops
@@ -189,14 +189,4 @@ def test_baseline_cpu_body_without_avx2():
         "    assert torch.equal(a2[:1], a3), dtype\n"
         "print('OK')\n"
     )
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, CVOPS_DISABLE_AVX2="1")
-    root = os.path.dirname(os.path.dirname(cvops.__file__))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True
-    )
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+    run_python(code, CVOPS_DISABLE_AVX2="1")

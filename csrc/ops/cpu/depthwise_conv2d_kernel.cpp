@@ -1,9 +1,13 @@
 // Depthwise 2-D convolution CPU kernels: forward, input gradient and weight/bias gradient.
 //
-// Two paths. Small planes (out_h * out_w <= 30 * 30 at stride 1, <= 56 * 56 with a stride
-// > 1; multiplier 1) take the channel-blocked path (depthwise_conv2d_blocked.cpp): 8 channels
-// of one image interleaved, the vector across channels. Everything else takes the plane path
-// below.
+// Three paths, tried in this order:
+// * masked (depthwise_conv2d_masked.cpp): on AVX-512 CPUs, float32 stride-1 NCHW calls with
+//   multiplier 1 (MobileNet's stride-1 layers): masked vector loads straight from the planes.
+// * channel-blocked (depthwise_conv2d_blocked.cpp): small planes (out_h * out_w <= 30 * 30 at
+//   stride 1, <= 56 * 56 with a stride > 1; multiplier 1): 8 channels of one image
+//   interleaved, the vector across channels.
+// * plane (below): everything else.
+// CVOPS_DEPTHWISE_CPU_PATH=blocked / plane skips the masked path and forces that one.
 //
 // The plane path works plane by plane, parallel over (image, input channel) planes. A plane is
 // first copied (in the op-math type) into a zero-padded buffer split by stride phase in both
@@ -34,6 +38,7 @@
 
 #include "common/cpu_utils.h"
 #include "ops/cpu/depthwise_conv2d_blocked.h"
+#include "ops/cpu/depthwise_conv2d_masked.h"
 #include "ops/depthwise_conv2d.h"
 #include "ops/depthwise_conv2d_checks.h"
 
@@ -386,6 +391,12 @@ at::Tensor depthwise_conv2d_forward_cpu(const at::Tensor& input, const at::Tenso
                                         at::IntArrayRef dilation) {
   const auto p = check_depthwise_forward_args(input, weight, bias, stride, padding, dilation);
   const auto format = depthwise_result_format(input);
+  if (depthwise_use_masked_path(p, input)) {
+    at::Tensor output = at::empty({p.batch, p.out_channels(), p.out_h, p.out_w}, input.options());
+    if (output.numel() > 0)
+      depthwise_masked_forward(input, weight, bias.has_value() ? *bias : at::Tensor(), output, p);
+    return output;
+  }
   const bool blocked = depthwise_use_blocked_path(p);
   // The blocked path writes the result in its final memory format through strides.
   at::Tensor output =
@@ -519,6 +530,11 @@ at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at:
   const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height,
                                                      width, stride, padding, dilation);
   const auto format = depthwise_result_format(grad);
+  if (depthwise_use_masked_path(p, grad)) {
+    at::Tensor grad_input = at::empty({batch, channels, height, width}, grad.options());
+    if (grad_input.numel() > 0) depthwise_masked_backward_input(grad, weight, grad_input, p);
+    return grad_input;
+  }
   const bool blocked = depthwise_use_blocked_path(p);
   at::Tensor grad_input =
       at::empty({batch, channels, height, width},
@@ -606,10 +622,11 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cpu(
     // Every element is written by the kernel (no fill: under load, even a parallel fill of a
     // small buffer can wait milliseconds for a descheduled thread).
     result = at::empty({C_out, KK + 1}, input.options().dtype(acc_type));
-    if (depthwise_use_blocked_path(p)) {
+    if (depthwise_use_masked_path(p, input) && depthwise_use_masked_path(p, grad)) {
+      depthwise_masked_backward_weight(grad, input, result, p);
+    } else if (depthwise_use_blocked_path(p)) {
       depthwise_blocked_backward_weight(grad, input, result, p);
-    } else
-    {
+    } else {
       at::Tensor g = grad.contiguous();
       at::Tensor x = input.contiguous();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),

@@ -1,0 +1,79 @@
+"""Depthwise conv2d CPU: the AVX-512 masked-load path (float32, stride 1, NCHW), the default for
+such calls on AVX-512 CPUs, against F.conv2d(groups=C) in float64 for the output and all
+gradients, over the geometries its slot/mask tables must get right."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cvops
+from tests.conftest import requires_ops, run_python
+from tests.ops.test_depthwise_conv2d import check_against_conv2d
+
+pytestmark = requires_ops
+
+ENV = "CVOPS_DEPTHWISE_CPU_PATH"
+
+
+@pytest.fixture(autouse=True)
+def default_path(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+
+
+GEOMETRIES = [
+    # shape, kernel, padding, dilation: "same" planes run slots across row ends (flat), the
+    # others row by row
+    ((8, 16, 7, 7), (3, 3), (1, 1), (1, 1)),
+    ((2, 5, 14, 14), (3, 3), (1, 1), (1, 1)),
+    ((1, 3, 56, 56), (3, 3), (1, 1), (1, 1)),
+    ((3, 4, 9, 37), (3, 3), (1, 1), (1, 1)),  # rows longer than two vectors
+    ((2, 3, 40, 5), (3, 3), (1, 1), (1, 1)),  # rows shorter than a vector
+    ((5, 6, 11, 13), (5, 5), (2, 2), (1, 1)),
+    ((2, 4, 13, 12), (7, 7), (3, 3), (1, 1)),
+    ((9, 3, 8, 8), (3, 3), (0, 0), (1, 1)),  # valid padding: row mode
+    ((3, 2, 10, 21), (3, 3), (3, 3), (1, 1)),  # wider than the input: row mode
+    ((2, 3, 12, 17), (2, 4), (0, 2), (1, 1)),  # even, non-square kernel
+    ((2, 3, 12, 12), (3, 3), (2, 2), (2, 2)),  # dilation
+    ((1, 2, 15, 16), (3, 5), (3, 1), (3, 2)),
+    ((17, 2, 6, 6), (3, 3), (1, 1), (1, 1)),  # image groups 8 + 8 + 1
+    ((7, 2, 5, 5), (3, 3), (1, 1), (1, 1)),  # 4 + 2 + 1
+    ((2, 3, 1, 1), (1, 1), (0, 0), (1, 1)),
+    ((2, 3, 1, 1), (3, 3), (1, 1), (1, 1)),  # every tap but the centre is padding
+    ((1, 1, 4, 3), (4, 3), (0, 0), (1, 1)),  # kernel covering the whole input
+    ((2, 2, 6, 33), (13, 1), (6, 0), (1, 1)),  # more taps than a register pass
+]
+
+
+@pytest.mark.parametrize("case", GEOMETRIES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_conv2d(case, bias):
+    shape, kernel, padding, dilation = case
+    check_against_conv2d(shape, kernel, (1, 1), padding, dilation, 1, bias, torch.float32)
+
+
+def test_expanded_and_strided_gradients():
+    # autograd hands the backward an expanded gradient for .sum(); a transposed one here
+    x = torch.randn(3, 5, 9, 9, requires_grad=True)
+    w = torch.randn(5, 1, 3, 3, requires_grad=True)
+    cvops.depthwise_conv2d(x, w, None, 1, 1).sum().backward()
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    F.conv2d(xr, wr, None, 1, 1, 1, 5).sum().backward()
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad.double(), wr.grad, rtol=1e-5, atol=1e-4)
+    g = torch.randn(3, 5, 9, 9).transpose(2, 3)
+    gi = torch.ops.cvops._depthwise_conv2d_backward_input(g, w, 3, 5, 9, 9, [1, 1], [1, 1], [1, 1])
+    ref = torch.nn.grad.conv2d_input((3, 5, 9, 9), w.double(), g.double(), 1, 1, 1, 5)
+    torch.testing.assert_close(gi.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_without_avx512_the_other_paths_run():
+    code = (
+        "import torch\n"
+        "from tests.ops.test_depthwise_conv2d import check_against_conv2d\n"
+        "check_against_conv2d((3, 5, 7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True,\n"
+        "                     torch.float32)\n"
+        "check_against_conv2d((2, 3, 30, 31), (5, 5), (1, 1), (2, 2), (1, 1), 1, True,\n"
+        "                     torch.float32)\n"
+        "print('OK')\n"
+    )
+    run_python(code, CVOPS_DISABLE_AVX512="1", **{ENV: None})
