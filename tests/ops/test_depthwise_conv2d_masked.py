@@ -1,6 +1,7 @@
-"""Depthwise conv2d CPU: the AVX-512 masked-load path (float32, stride 1, NCHW), the default for
-such calls on AVX-512 CPUs, against F.conv2d(groups=C) in float64 for the output and all
-gradients, over the geometries its slot/mask tables must get right."""
+"""Depthwise conv2d CPU: the AVX-512 masked-load path (float32, NCHW, stride 1 or 2), the
+default for such calls on AVX-512 CPUs, against F.conv2d(groups=C) in float64 for the output
+and all gradients, over the geometries its slot/mask tables and stride phases must get
+right."""
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ GEOMETRIES = [
     ((5, 6, 11, 13), (5, 5), (2, 2), (1, 1)),
     ((2, 4, 13, 12), (7, 7), (3, 3), (1, 1)),
     ((9, 3, 8, 8), (3, 3), (0, 0), (1, 1)),  # valid padding: row mode
+    ((2, 3, 60, 40), (3, 3), (0, 0), (1, 1)),  # many row-mode slots
     ((3, 2, 10, 21), (3, 3), (3, 3), (1, 1)),  # wider than the input: row mode
     ((2, 3, 12, 17), (2, 4), (0, 2), (1, 1)),  # even, non-square kernel
     ((2, 3, 12, 12), (3, 3), (2, 2), (2, 2)),  # dilation
@@ -49,6 +51,36 @@ GEOMETRIES = [
 def test_matches_conv2d(case, bias):
     shape, kernel, padding, dilation = case
     check_against_conv2d(shape, kernel, (1, 1), padding, dilation, 1, bias, torch.float32)
+
+
+STRIDED = [
+    # shape, kernel, stride, padding, dilation: even widths split as one stream, odd ones
+    # row by row; rows longer than 32 take several vector pairs
+    ((8, 16, 28, 28), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((3, 5, 14, 14), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 3, 13, 15), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 3, 9, 70), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 3, 67, 9), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 3, 60, 61), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((5, 4, 11, 12), (5, 5), (2, 2), (2, 2), (1, 1)),
+    ((2, 3, 15, 16), (7, 7), (2, 2), (3, 3), (1, 1)),
+    ((3, 2, 12, 11), (3, 3), (2, 1), (1, 1), (1, 1)),
+    ((3, 2, 11, 12), (3, 3), (1, 2), (1, 1), (1, 1)),
+    ((2, 3, 12, 12), (3, 3), (2, 2), (0, 0), (1, 1)),
+    ((2, 3, 13, 12), (2, 4), (2, 2), (1, 2), (1, 1)),  # even, non-square kernel
+    ((2, 3, 15, 14), (3, 3), (2, 2), (2, 2), (2, 2)),  # dilation
+    ((2, 2, 9, 9), (1, 1), (2, 2), (0, 0), (1, 1)),  # input phases with no taps
+    ((9, 2, 6, 7), (3, 3), (2, 2), (1, 1), (1, 1)),  # image groups 8 + 1
+    ((1, 1, 2, 2), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 2, 8, 33), (13, 1), (2, 2), (6, 0), (1, 1)),  # more taps than a register pass
+]
+
+
+@pytest.mark.parametrize("case", STRIDED)
+@pytest.mark.parametrize("bias", [True, False])
+def test_strided_matches_conv2d(case, bias):
+    shape, kernel, stride, padding, dilation = case
+    check_against_conv2d(shape, kernel, stride, padding, dilation, 1, bias, torch.float32)
 
 
 def test_expanded_and_strided_gradients():

@@ -1,8 +1,9 @@
 // Depthwise 2-D convolution CPU kernels: forward, input gradient and weight/bias gradient.
 //
 // Three paths, tried in this order:
-// * masked (depthwise_conv2d_masked.cpp): on AVX-512 CPUs, float32 stride-1 NCHW calls with
-//   multiplier 1 (MobileNet's stride-1 layers): masked vector loads straight from the planes.
+// * masked (depthwise_conv2d_masked.cpp): on AVX-512 CPUs, float32 NCHW calls with stride 1
+//   or 2 and multiplier 1 (MobileNet's layers): masked vector loads straight from the planes
+//   (stride 2 through even/odd column planes).
 // * channel-blocked (depthwise_conv2d_blocked.cpp): small planes (out_h * out_w <= 30 * 30 at
 //   stride 1, <= 56 * 56 with a stride > 1; multiplier 1): 8 channels of one image
 //   interleaved, the vector across channels.

@@ -1,7 +1,7 @@
-// The depthwise CPU kernels' AVX-512 masked-load path (float32, stride 1, NCHW): every kernel
-// tap of 16 consecutive outputs is one masked vector load straight from the input plane, the
-// mask dropping the lanes whose tap falls in the padding; no copies, no transposes (see
-// depthwise_conv2d_masked.cpp). The other paths are in depthwise_conv2d_kernel.cpp (plane)
+// The depthwise CPU kernels' AVX-512 masked-load path (float32, NCHW, stride 1 or 2): every
+// kernel tap of 16 consecutive outputs is one masked vector load straight from the input
+// plane (at stride 2 from its even/odd column planes), the mask dropping the lanes whose tap
+// falls in the padding (see depthwise_conv2d_masked.cpp). The other paths are in depthwise_conv2d_kernel.cpp (plane)
 // and depthwise_conv2d_blocked.cpp (channel-blocked).
 #pragma once
 
@@ -12,7 +12,7 @@
 namespace cvops {
 
 // Whether a call takes the masked path: the CPU has AVX-512 (cpu_has_avx512()), float32,
-// multiplier 1, stride 1, and `t` (the tensor the kernel reads planes of: the input, or the
+// multiplier 1, stride 1 or 2 along each axis, and `t` (the tensor the kernel reads planes of: the input, or the
 // output gradient) is not channels-last. CVOPS_DEPTHWISE_CPU_PATH=blocked / plane turns it
 // off (read on every call).
 bool depthwise_use_masked_path(const DepthwiseParams& p, const at::Tensor& t);
