@@ -291,8 +291,6 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_slots(float* const
     if (T > 0)
       _mm_prefetch(reinterpret_cast<const char*>(in[g] + in_off[0] + tab.tap_off[T - 1]) +
                        kPrefetchBytes, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(out[g] + tab.out_off[s0]) + kPrefetchBytes,
-                 _MM_HINT_T0);
   }
   for (int64_t t = 0; t < T; ++t) {
     const __m512 wt = _mm512_set1_ps(w[t]);
@@ -401,7 +399,7 @@ CVOPS_TARGET_AVX512 inline float sum_lanes(__m512 v) {
 
 // acc[j] += sum over the G planes gp/xp and the slots s of g(s) * (masked input of tap
 // t0 + j), for j < TC, in the order slot, image; acc_bias += sum of g. Each tap's mask serves
-// the G images. The prefetches run `ahead` bytes in front of the loads.
+// the G images. The prefetches run `ahead` bytes in front of the loads (g_ahead 0: none).
 template <int TC, int G, bool kBias>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void dot_images(
     __m512* acc, __m512& acc_bias, const float* const* gp, const float* const* xp,
@@ -414,7 +412,8 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void dot_images(
 #pragma GCC unroll 8
     for (int i = 0; i < G; ++i) {
       // (the hardware prefetchers do not keep up with these masked loads on their own)
-      _mm_prefetch(reinterpret_cast<const char*>(gp[i] + o) + g_ahead, _MM_HINT_T0);
+      if (g_ahead != 0)
+        _mm_prefetch(reinterpret_cast<const char*>(gp[i] + o) + g_ahead, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(xp[i] + in + off[TC - 1]) + x_ahead,
                    _MM_HINT_T0);
       gv[i] = _mm512_maskz_loadu_ps(tab.valid[s], gp[i] + o);
@@ -452,8 +451,10 @@ CVOPS_TARGET_AVX512 void dot_taps(float* res, const DotJob& job, int64_t c, cons
   __m512 acc_bias = _mm512_setzero_ps();
 #pragma GCC unroll 16
   for (int j = 0; j < TC; ++j) acc[j] = _mm512_setzero_ps();
-  // Prefetch distance: further on in the plane, or for planes smaller than that the same
-  // place in the planes of the next image group (split planes are in the thread's scratch).
+  // Prefetch distances (bytes ahead of the loads): large planes further on in the plane; for
+  // planes smaller than that the input at the same place in the next image group, and the
+  // output gradient not at all (measured: it costs more than it saves). Split planes are in
+  // the thread's scratch.
   const bool small = tab.slots * kLanes * int64_t(sizeof(float)) <= kPrefetchBytes;
   const int64_t g_image = job.channels * job.g_plane, x_image = job.channels * job.x_plane;
   const float* gp[kMaxGroup];
@@ -466,7 +467,7 @@ CVOPS_TARGET_AVX512 void dot_taps(float* res, const DotJob& job, int64_t c, cons
       if (job.phases.split()) split_columns(buf.plane(i), plane, job.phases);
       xp[i] = job.phases.split() ? buf.plane(i) : plane;
     }
-    const int64_t g_ahead = small ? G * g_image * int64_t(sizeof(float)) : kPrefetchBytes;
+    const int64_t g_ahead = small ? 0 : kPrefetchBytes;
     const int64_t x_ahead = job.phases.split() ? 0
                             : small             ? G * x_image * int64_t(sizeof(float))
                                                 : kPrefetchBytes;
