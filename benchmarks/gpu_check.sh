@@ -24,7 +24,7 @@ tests_rc=$?
 tail -5 "$OUT/tests.log"
 
 echo "== benchmarks" && date
-"$PY" -m cvops.bench --device cuda --repeats 20 --warmup 3 --out "$OUT" 2>"$OUT/bench.err" \
+"$PY" -m cvops.bench --device cuda --rounds 3 --min-time 0.1 --warmup 3 --out "$OUT" 2>"$OUT/bench.err" \
   | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
 date

@@ -82,8 +82,16 @@ def main(argv=None):
     )
     parser.add_argument("--ops", nargs="*", help="only these ops (e.g. roi_align)")
     parser.add_argument("-k", dest="keyword", help="only cases whose name contains this")
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of cvops and reference"
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=0.05,
+        help="seconds each side is timed per round (blocks of back-to-back calls)",
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="calls before the first round")
     parser.add_argument("--out", default="bench_results", help="folder for JSON and plot")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
@@ -112,7 +120,7 @@ def main(argv=None):
     ]
     results = []
     for case in tqdm(todo, desc="cvops.bench (%s)" % device, unit="case", file=sys.stderr):
-        results.append(run_case(case, device, args.warmup, args.repeats))
+        results.append(run_case(case, device, args.warmup, args.rounds, args.min_time))
         if device == "cuda":
             torch.cuda.empty_cache()
 

@@ -1,15 +1,18 @@
-"""The one benchmark harness: median wall time after warm-up, CUDA synchronised, cvops and
-its reference timed alternately in the same process.
+"""The one benchmark harness: cvops and its reference timed alternately in the same process,
+in rounds; each round is a ``torch.utils.benchmark`` blocked measurement (back-to-back calls
+in blocks long enough that the timer and the wake-up of idle threads do not dominate a
+sub-millisecond op, the accelerator synchronised around each block), after warm-up calls.
+The result is the median per-call time over all blocks of all rounds.
 
 Ops add cases with :func:`register`; ``python -m cvops.bench`` runs them.
 """
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Tuple
 
 import torch
+from torch.utils.benchmark import Timer
 
 # make(device) -> (cvops_fn, reference_fn); each fn runs one iteration.
 MakeFns = Callable[[str], Tuple[Callable[[], object], Callable[[], object]]]
@@ -62,19 +65,14 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
-def time_fn(fn, device: str, warmup: int = 2, repeats: int = 7) -> List[float]:
-    """Wall times in ms of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
+def time_fn(fn, device: str, warmup: int = 1, min_time: float = 0.05) -> List[float]:
+    """Per-call wall times in ms, one per block, of ``fn`` measured for at least ``min_time``
+    seconds after ``warmup`` calls, at the current torch thread count."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return [t * 1e3 for t in timer.blocked_autorange(min_run_time=min_time).times]
 
 
 def backward_step(fn, x, args, deterministic: bool = False):
@@ -93,13 +91,15 @@ def backward_step(fn, x, args, deterministic: bool = False):
     return run
 
 
-def run_case(case: BenchCase, device: str, warmup: int, repeats: int) -> Result:
+def run_case(
+    case: BenchCase, device: str, warmup: int = 1, rounds: int = 3, min_time: float = 0.05
+) -> Result:
     ours, ref = case.make(device)
     # Alternate the two in rounds so drift (thermal, other load) hits both alike.
     ours_t, ref_t = [], []
-    for _ in range(2):
-        ours_t += time_fn(ours, device, warmup, max(1, repeats // 2))
-        ref_t += time_fn(ref, device, warmup, max(1, repeats // 2))
+    for r in range(rounds):
+        ours_t += time_fn(ours, device, warmup if r == 0 else 0, min_time)
+        ref_t += time_fn(ref, device, warmup if r == 0 else 0, min_time)
     return Result(
         case.op,
         case.case,
