@@ -109,3 +109,18 @@ def test_without_avx512_the_other_paths_run():
         "print('OK')\n"
     )
     run_python(code, CVOPS_DISABLE_AVX512="1", **{ENV: None})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_large_outputs_streamed(threads, stride):
+    # outputs of at least 4 MiB per thread are written with non-temporal stores
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        shape = (4, 32, 128 * stride, 128 * stride)
+        check_against_conv2d(
+            shape, (3, 3), (stride, stride), (1, 1), (1, 1), 1, True, torch.float32
+        )
+    finally:
+        torch.set_num_threads(before)
