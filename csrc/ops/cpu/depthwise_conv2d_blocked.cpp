@@ -87,7 +87,7 @@ class VecBuffer {
 #endif
 
 // Largest out_h * out_w that takes the blocked path, at stride 1 and at larger strides.
-// Measured on the 2-core Zen 4 VM (fp32, 3x3, 1 and 2 threads): at stride 1 the blocked path
+// Measured on the 2-core Zen 5 VM (fp32, 3x3, 1 and 2 threads): at stride 1 the blocked path
 // wins up to 28x28 outputs and loses from 32x32; at stride 2 (where the plane path's phase
 // split costs more) it is still 1.3-1.7x faster at 40x40 and 56x56 outputs.
 constexpr int64_t kBlockedMaxPlane = 30 * 30;
