@@ -124,3 +124,31 @@ def test_large_outputs_streamed(threads, stride):
         )
     finally:
         torch.set_num_threads(before)
+
+
+# The AVX-512 channel-blocked correlation (stride 1, dilation 1, planes up to 14x14, 16
+# channels at a time; the channels past the last full 16 run the masked kernel). The forward
+# and the stride-1 input gradient use it; the input gradient only while its mirrored padding
+# (k - 1 - pad) is not negative.
+BLOCKED16 = [
+    # shape, kernel, padding
+    ((8, 16, 7, 7), (3, 3), (1, 1)),
+    ((3, 40, 14, 14), (3, 3), (1, 1)),  # 2 blocks + 8 channels on the masked kernel
+    ((1, 32, 9, 11), (3, 3), (1, 1)),
+    ((2, 16, 7, 7), (5, 5), (2, 2)),
+    ((2, 17, 12, 13), (7, 7), (3, 3)),
+    ((2, 16, 8, 8), (3, 3), (0, 0)),  # valid padding: output smaller than input
+    ((2, 16, 6, 5), (3, 3), (3, 2)),  # padding past k - 1: input gradient not blocked
+    ((2, 16, 10, 9), (2, 4), (1, 2)),  # even, non-square kernel
+    ((2, 16, 9, 10), (1, 1), (0, 0)),
+    ((5, 16, 1, 1), (3, 3), (1, 1)),
+    ((1, 16, 14, 3), (3, 1), (1, 0)),
+    ((1, 48, 1, 14), (1, 7), (0, 3)),
+]
+
+
+@pytest.mark.parametrize("case", BLOCKED16)
+@pytest.mark.parametrize("bias", [True, False])
+def test_channel_blocked_small_planes_match_conv2d(case, bias):
+    shape, kernel, padding = case
+    check_against_conv2d(shape, kernel, (1, 1), padding, (1, 1), 1, bias, torch.float32)

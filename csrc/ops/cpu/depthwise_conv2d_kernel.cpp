@@ -3,7 +3,9 @@
 // Three paths, tried in this order:
 // * masked (depthwise_conv2d_masked.cpp): on AVX-512 CPUs, float32 NCHW calls with stride 1
 //   or 2 and multiplier 1 (MobileNet's layers): masked vector loads straight from the planes
-//   (stride 2 through even/odd column planes).
+//   (stride 2 through even/odd column planes); at stride 1 on planes up to 14x14 it hands
+//   blocks of 16 channels to an AVX-512 channel-blocked correlation
+//   (depthwise_conv2d_blocked512.cpp) for the forward and the input gradient.
 // * channel-blocked (depthwise_conv2d_blocked.cpp): small planes (out_h * out_w <= 30 * 30 at
 //   stride 1, <= 56 * 56 with a stride > 1; multiplier 1): 8 channels of one image
 //   interleaved, the vector across channels.

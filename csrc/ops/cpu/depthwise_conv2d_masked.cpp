@@ -28,6 +28,10 @@
 // A task is one channel of every image. G images run together, sharing each tap's weight and
 // mask, with U slots each: G * U = 8 independent accumulators hide the FMA latency at any
 // batch size.
+//
+// Planes up to 14x14 at stride 1 (MobileNet's last layers) are handed to the channel-blocked
+// correlation (depthwise_conv2d_blocked512.cpp) 16 channels at a time, forward and input
+// gradient; this file runs the channels left over.
 #include "ops/cpu/depthwise_conv2d_masked.h"
 
 #include <ATen/Parallel.h>
@@ -38,6 +42,7 @@
 #include <vector>
 
 #include "common/cpu_utils.h"
+#include "ops/cpu/depthwise_conv2d_blocked512.h"
 
 #if defined(__x86_64__) && CVOPS_HAS_AVX2_TARGET
 #include <immintrin.h>
@@ -549,7 +554,8 @@ bool depthwise_use_masked_path(const DepthwiseParams& p, const at::Tensor& t) {
 #if CVOPS_DW_MASKED
 
 namespace {
-void run_job(Job& job, const DepthwiseParams& p) {
+// Runs the job for the channels [first, C).
+void run_job(Job& job, const DepthwiseParams& p, int64_t first = 0) {
   // Large outputs are written with non-temporal stores (full, aligned vectors; the rest as
   // usual): an output larger than the writing threads' share of the L3 (a 32 MiB L3 per 8
   // cores on this CPU family: 4 MiB per thread) does not stay cached for its reader anyway,
@@ -562,10 +568,22 @@ void run_job(Job& job, const DepthwiseParams& p) {
   for (SlotTable& tab : job.tables) tab.stream = stream;
   int64_t work = 0;
   for (const SlotTable& tab : job.tables) work += tab.slots * kLanes * tab.taps;
-  at::parallel_for(0, p.channels, masked_grain(p.batch * work), [&](int64_t begin, int64_t end) {
+  at::parallel_for(first, p.channels, masked_grain(p.batch * work), [&](int64_t begin,
+                                                                       int64_t end) {
     run_channels(job, p.batch, p.channels, begin, end);
     if (stream) _mm_sfence();  // the streamed stores are visible before the op returns
   });
+}
+// The channels the blocked correlation (depthwise_conv2d_blocked512.cpp) computes for a
+// stride-1, undilated call on small planes: blocks of 16 from channel 0 (0 when it does not
+// apply). taps: [C][KH * KW]; pad may be the input gradient's mirrored padding.
+int64_t run_blocked512(const float* src, int64_t src_h, int64_t src_w, float* dst,
+                       int64_t dst_h, int64_t dst_w, const float* taps, const float* bias,
+                       int64_t pad_h, int64_t pad_w, const DepthwiseParams& p) {
+  if (p.stride_h != 1 || p.stride_w != 1 || p.dil_h != 1 || p.dil_w != 1) return 0;
+  const Blocked512Job job{src,    src_h,      src_w,      dst,   dst_h,   dst_w,   taps,
+                          bias,   p.kernel_h, p.kernel_w, pad_h, pad_w, p.batch, p.channels};
+  return blocked512_applies(job) ? blocked512_correlate(job) : 0;
 }
 }  // namespace
 
@@ -586,7 +604,9 @@ void depthwise_masked_forward(const at::Tensor& input, const at::Tensor& weight,
           w.const_data_ptr<float>(),
           b.defined() ? b.const_data_ptr<float>() : nullptr,
           p.kernel_h * p.kernel_w};
-  run_job(job, p);
+  const int64_t done = run_blocked512(job.src, p.height, p.width, job.dst, p.out_h, p.out_w,
+                                      job.weight, job.bias, p.pad_h, p.pad_w, p);
+  if (done < p.channels) run_job(job, p, done);
 }
 
 void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
@@ -607,7 +627,15 @@ void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& w
   for (int64_t a = 0; a < ph.sh; ++a)
     for (int64_t b = 0; b < ph.sw; ++b)
       job.tables.push_back(build_slot_table(backward_input_correlation(p, ph, a, b)));
-  run_job(job, p);
+  // Stride 1: the blocked correlation of the gradient with the flipped kernel.
+  const int64_t KH = p.kernel_h, KW = p.kernel_w, KK = KH * KW;
+  std::vector<float> flipped(p.channels * KK);
+  for (int64_t c = 0; c < p.channels; ++c)
+    for (int64_t t = 0; t < KK; ++t) flipped[c * KK + t] = job.weight[c * KK + KK - 1 - t];
+  const int64_t done =
+      run_blocked512(job.src, p.out_h, p.out_w, job.dst, p.height, p.width, flipped.data(),
+                     nullptr, (KH - 1) * p.dil_h - p.pad_h, (KW - 1) * p.dil_w - p.pad_w, p);
+  if (done < p.channels) run_job(job, p, done);
 }
 
 void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& input,
