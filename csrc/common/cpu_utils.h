@@ -24,11 +24,13 @@
 #endif
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 namespace cvops {
 
@@ -63,6 +65,33 @@ inline bool cpu_has_avx512() {
 #else
   return false;
 #endif
+}
+
+// A zeroed, 64-byte aligned scratch buffer of n vectors V (a GCC vector-extension type or an
+// __m512; std::vector does not see the alignment of such a type used as a template argument).
+template <typename V>
+class VecBuffer {
+ public:
+  explicit VecBuffer(int64_t n) {
+    const size_t bytes = (std::max<int64_t>(n, 1) * sizeof(V) + 63) / 64 * 64;
+    data_ = static_cast<V*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(data_ != nullptr, "cvops: out of memory for a ", bytes, "-byte scratch buffer");
+    std::memset(static_cast<void*>(data_), 0, bytes);
+  }
+  ~VecBuffer() { std::free(data_); }
+  VecBuffer(const VecBuffer&) = delete;
+  VecBuffer& operator=(const VecBuffer&) = delete;
+  V* data() { return data_; }
+  V& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  V* data_;
+};
+
+// The 16-lane mask of lanes [0, n) (n may be <= 0 or >= 16), for AVX-512 masked loads and
+// stores of float vectors.
+inline uint16_t lanes_below(int64_t n) {
+  return n >= 16 ? uint16_t(0xFFFF) : n <= 0 ? uint16_t(0) : uint16_t((1u << n) - 1);
 }
 
 // Like at::parallel_for, but threads take chunks of `grain` items from a shared counter

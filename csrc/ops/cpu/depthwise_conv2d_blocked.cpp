@@ -61,29 +61,6 @@ struct BlockMask {
   typedef int_t type __attribute__((vector_size(kBlock * sizeof(lane_t))));
 };
 
-// A zeroed, vector-aligned scratch buffer of n vectors (std::vector does not see the
-// alignment of a vector-extension type used as a template argument).
-template <typename V>
-class VecBuffer {
- public:
-  explicit VecBuffer(int64_t n) {
-    const size_t bytes = (std::max<int64_t>(n, 1) * sizeof(V) + 63) / 64 * 64;
-    data_ = static_cast<V*>(std::aligned_alloc(64, bytes));
-    TORCH_CHECK(data_ != nullptr, "depthwise_conv2d: out of memory");
-    std::memset(static_cast<void*>(data_), 0, bytes);
-    n_ = n;
-  }
-  ~VecBuffer() { std::free(data_); }
-  VecBuffer(const VecBuffer&) = delete;
-  VecBuffer& operator=(const VecBuffer&) = delete;
-  V* data() { return data_; }
-  V& operator[](int64_t i) { return data_[i]; }
-  void zero() { std::memset(static_cast<void*>(data_), 0, n_ * sizeof(V)); }
-
- private:
-  V* data_;
-  int64_t n_;
-};
 #endif
 
 // Largest out_h * out_w that takes the blocked path, at stride 1 and at larger strides.

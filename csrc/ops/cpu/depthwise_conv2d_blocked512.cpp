@@ -17,8 +17,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "common/cpu_utils.h"
@@ -31,10 +29,13 @@
 #endif
 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on _mm512_undefined_ps inside
-// _mm512_unpacklo_ps and _mm512_shuffle_f32x4 (a false positive).
+// _mm512_unpacklo_ps and _mm512_shuffle_f32x4 (a false positive), and VecBuffer<__m512>
+// drops __m512's may_alias attribute in the template argument (harmless: the buffers are
+// only accessed as __m512).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wignored-attributes"
 #endif
 
 namespace cvops {
@@ -50,29 +51,6 @@ constexpr int64_t kMaxKernel = 7;  // taps per kernel row and column
 // 1.05-1.15x, 28x28 0.85-1.0x, 56x56 0.6-0.8x; 5x5 and 7x7 kernels on 7x7 and 14x14 planes
 // 1.3-1.45x.
 constexpr int64_t kMaxPlane = 14 * 14;
-
-// The lanes [0, n) of a vector (n may be <= 0 or >= 16).
-inline __mmask16 lanes_below(int64_t n) {
-  return n >= kLanes ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
-
-// A thread's zeroed, 64-byte aligned buffer of n 16-float vectors.
-class VectorBuffer {
- public:
-  explicit VectorBuffer(int64_t n) {
-    const size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * 64;
-    data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-    TORCH_CHECK(data_ != nullptr, "depthwise_conv2d: out of memory");
-    std::memset(data_, 0, bytes);
-  }
-  ~VectorBuffer() { std::free(data_); }
-  VectorBuffer(const VectorBuffer&) = delete;
-  VectorBuffer& operator=(const VectorBuffer&) = delete;
-  __m512* get() { return reinterpret_cast<__m512*>(data_); }
-
- private:
-  float* data_;
-};
 
 // In-place transpose of the 16 x 16 matrix r[row][lane]: unpack, shuffle and two 128-bit
 // lane permute steps.
@@ -172,8 +150,8 @@ CVOPS_TARGET_AVX512 void correlate_block(const Blocked512Job& j, const Layout& l
 template <int KW>
 CVOPS_TARGET_AVX512 void correlate_tasks(const Blocked512Job& j, const Layout& l,
                                          const float* taps, int64_t begin, int64_t end) {
-  VectorBuffer buf(l.buf_w * l.buf_h);  // zero: the padding stays so
-  VectorBuffer obuf(j.dst_h * l.out_cols);
+  VecBuffer<__m512> buf(l.buf_w * l.buf_h);  // zero: the padding stays so
+  VecBuffer<__m512> obuf(j.dst_h * l.out_cols);
   const int64_t KK = j.kh_count * KW, blocks = j.channels / kLanes;
   const int64_t block_bytes = kLanes * j.src_h * j.src_w * int64_t(sizeof(float));
   for (int64_t task = begin; task < end; ++task) {
@@ -186,7 +164,7 @@ CVOPS_TARGET_AVX512 void correlate_tasks(const Blocked512Job& j, const Layout& l
                        block_bytes;
     for (int64_t b = 0; b < block_bytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
     const __m512 init = j.bias != nullptr ? _mm512_loadu_ps(j.bias + c0) : _mm512_setzero_ps();
-    correlate_block<KW>(j, l, n, c0, w, init, buf.get(), obuf.get());
+    correlate_block<KW>(j, l, n, c0, w, init, buf.data(), obuf.data());
   }
 }
 
@@ -211,8 +189,8 @@ int64_t blocked512_correlate(const Blocked512Job& j) {
 #if CVOPS_DW_B512
   const int64_t blocks = j.channels / kLanes, KK = j.kh_count * j.kw_count;
   // The taps transposed: [block][tap] vectors of 16 channels.
-  VectorBuffer tap_vectors(blocks * KK);
-  float* taps = reinterpret_cast<float*>(tap_vectors.get());
+  VecBuffer<__m512> tap_vectors(blocks * KK);
+  float* taps = reinterpret_cast<float*>(tap_vectors.data());
   for (int64_t b = 0; b < blocks; ++b)
     for (int64_t t = 0; t < KK; ++t)
       for (int64_t c = 0; c < kLanes; ++c)

@@ -200,11 +200,6 @@ CVOPS_TARGET_AVX512 SlotTable build_slot_table(const Correlation& c) {
   return tab;
 }
 
-// The lanes [0, n) of a vector (n may be <= 0 or >= 16).
-inline __mmask16 lanes_below(int64_t n) {
-  return n >= kLanes ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
-
 // How split_columns and merge_columns walk a plane of ph.height x ph.width (ph.split()):
 // with W even the whole plane is one stream of n elements (even flat index = even column),
 // else each row is; a stream's even and odd elements are rows of pitch ph.cols.
