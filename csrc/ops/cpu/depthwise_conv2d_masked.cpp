@@ -569,16 +569,28 @@ void run_job(Job& job, const DepthwiseParams& p, int64_t first = 0) {
     if (stream) _mm_sfence();  // the streamed stores are visible before the op returns
   });
 }
+
 // The channels the blocked correlation (depthwise_conv2d_blocked512.cpp) computes for a
 // stride-1, undilated call on small planes: blocks of 16 from channel 0 (0 when it does not
-// apply). taps: [C][KH * KW]; pad may be the input gradient's mirrored padding.
+// apply). weight: [C][KH * KW], used as the taps or, with flip, mirrored in both directions
+// (the input gradient, whose padding is then the mirrored one).
 int64_t run_blocked512(const float* src, int64_t src_h, int64_t src_w, float* dst,
-                       int64_t dst_h, int64_t dst_w, const float* taps, const float* bias,
-                       int64_t pad_h, int64_t pad_w, const DepthwiseParams& p) {
+                       int64_t dst_h, int64_t dst_w, const float* weight, bool flip,
+                       const float* bias, int64_t pad_h, int64_t pad_w,
+                       const DepthwiseParams& p) {
   if (p.stride_h != 1 || p.stride_w != 1 || p.dil_h != 1 || p.dil_w != 1) return 0;
-  const Blocked512Job job{src,    src_h,      src_w,      dst,   dst_h,   dst_w,   taps,
-                          bias,   p.kernel_h, p.kernel_w, pad_h, pad_w, p.batch, p.channels};
-  return blocked512_applies(job) ? blocked512_correlate(job) : 0;
+  Blocked512Job job{src,    src_h,      src_w,      dst,   dst_h,   dst_w,   weight,
+                    bias,   p.kernel_h, p.kernel_w, pad_h, pad_w, p.batch, p.channels};
+  if (!blocked512_applies(job)) return 0;
+  std::vector<float> flipped;
+  if (flip) {
+    const int64_t KK = p.kernel_h * p.kernel_w;
+    flipped.resize(p.channels * KK);
+    for (int64_t c = 0; c < p.channels; ++c)
+      for (int64_t t = 0; t < KK; ++t) flipped[c * KK + t] = weight[c * KK + KK - 1 - t];
+    job.taps = flipped.data();
+  }
+  return blocked512_correlate(job);
 }
 }  // namespace
 
@@ -587,30 +599,41 @@ void depthwise_masked_forward(const at::Tensor& input, const at::Tensor& weight,
                               const DepthwiseParams& p) {
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  float* out = output.mutable_data_ptr<float>();
+  const int64_t done =
+      run_blocked512(x.const_data_ptr<float>(), p.height, p.width, out, p.out_h, p.out_w,
+                     w.const_data_ptr<float>(), false, bp, p.pad_h, p.pad_w, p);
+  if (done == p.channels) return;
   const Phases ph = input_phases(p);
   Job job{x.const_data_ptr<float>(),
           p.height * p.width,
-          output.mutable_data_ptr<float>(),
+          out,
           p.out_h * p.out_w,
           ph,
           ph.split(),
           false,
           {build_slot_table(forward_correlation(p, ph))},
           w.const_data_ptr<float>(),
-          b.defined() ? b.const_data_ptr<float>() : nullptr,
+          bp,
           p.kernel_h * p.kernel_w};
-  const int64_t done = run_blocked512(job.src, p.height, p.width, job.dst, p.out_h, p.out_w,
-                                      job.weight, job.bias, p.pad_h, p.pad_w, p);
-  if (done < p.channels) run_job(job, p, done);
+  run_job(job, p, done);
 }
 
 void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
                                      at::Tensor& grad_input, const DepthwiseParams& p) {
   const at::Tensor g = grad.contiguous(), w = weight.contiguous();
+  float* gi = grad_input.mutable_data_ptr<float>();
+  // Stride 1: the blocked correlation of the gradient with the flipped kernel.
+  const int64_t done = run_blocked512(g.const_data_ptr<float>(), p.out_h, p.out_w, gi, p.height,
+                                      p.width, w.const_data_ptr<float>(), true, nullptr,
+                                      (p.kernel_h - 1) * p.dil_h - p.pad_h,
+                                      (p.kernel_w - 1) * p.dil_w - p.pad_w, p);
+  if (done == p.channels) return;
   const Phases ph = input_phases(p);
   Job job{g.const_data_ptr<float>(),
           p.out_h * p.out_w,
-          grad_input.mutable_data_ptr<float>(),
+          gi,
           p.height * p.width,
           ph,
           false,
@@ -622,15 +645,7 @@ void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& w
   for (int64_t a = 0; a < ph.sh; ++a)
     for (int64_t b = 0; b < ph.sw; ++b)
       job.tables.push_back(build_slot_table(backward_input_correlation(p, ph, a, b)));
-  // Stride 1: the blocked correlation of the gradient with the flipped kernel.
-  const int64_t KH = p.kernel_h, KW = p.kernel_w, KK = KH * KW;
-  std::vector<float> flipped(p.channels * KK);
-  for (int64_t c = 0; c < p.channels; ++c)
-    for (int64_t t = 0; t < KK; ++t) flipped[c * KK + t] = job.weight[c * KK + KK - 1 - t];
-  const int64_t done =
-      run_blocked512(job.src, p.out_h, p.out_w, job.dst, p.height, p.width, flipped.data(),
-                     nullptr, (KH - 1) * p.dil_h - p.pad_h, (KW - 1) * p.dil_w - p.pad_w, p);
-  if (done < p.channels) run_job(job, p, done);
+  run_job(job, p, done);
 }
 
 void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& input,
