@@ -128,10 +128,13 @@ def test_large_outputs_streamed(threads, stride):
 
 # The AVX-512 channel-blocked correlation (stride 1, dilation 1, planes up to 14x14, 16
 # channels at a time; the channels past the last full 16 run the masked kernel). The forward
-# and the stride-1 input gradient use it; the input gradient only while its mirrored padding
-# (k - 1 - pad) is not negative.
+# and the stride-1 input gradient use it when the row kernels (square 3x3/5x5/7x7 kernels,
+# outputs up to 32 wide: test_depthwise_conv2d_rows512.py) do not take the call; the input
+# gradient only while its mirrored padding (k - 1 - pad) is not negative.
 BLOCKED16 = [
     # shape, kernel, padding
+    ((2, 20, 4, 40), (3, 3), (1, 1)),  # 3x3 but 40 wide: past the row kernels
+    ((2, 16, 12, 6), (5, 5), (1, 2)),  # non-square padding, square kernel: row kernels
     ((8, 16, 7, 7), (3, 3), (1, 1)),
     ((3, 40, 14, 14), (3, 3), (1, 1)),  # 2 blocks + 8 channels on the masked kernel
     ((1, 32, 9, 11), (3, 3), (1, 1)),

@@ -85,7 +85,7 @@ struct Layout {
   std::vector<int32_t> out_at;  // per destination pixel: its vector in the output buffer
 };
 
-Layout layout_of(const Blocked512Job& j) {
+Layout layout_of(const PlaneCorrelation& j) {
   Layout l;
   l.out_cols = (j.dst_w + kCols - 1) / kCols * kCols;
   l.buf_w = std::max(j.src_w + 2 * j.pad_w, l.out_cols + j.kw_count - 1);
@@ -104,7 +104,7 @@ Layout layout_of(const Blocked512Job& j) {
 // One task: 16 channels from c0 of image n. buf (zero outside the written pixels) and obuf
 // are the thread's; w holds the 16 channels' taps as vectors, init their bias.
 template <int KW>
-CVOPS_TARGET_AVX512 void correlate_block(const Blocked512Job& j, const Layout& l, int64_t n,
+CVOPS_TARGET_AVX512 void correlate_block(const PlaneCorrelation& j, const Layout& l, int64_t n,
                                          int64_t c0, const __m512* w, __m512 init,
                                          __m512* __restrict buf, __m512* __restrict obuf) {
   const int64_t src_plane = j.src_h * j.src_w, dst_plane = j.dst_h * j.dst_w;
@@ -148,7 +148,7 @@ CVOPS_TARGET_AVX512 void correlate_block(const Blocked512Job& j, const Layout& l
 }
 
 template <int KW>
-CVOPS_TARGET_AVX512 void correlate_tasks(const Blocked512Job& j, const Layout& l,
+CVOPS_TARGET_AVX512 void correlate_tasks(const PlaneCorrelation& j, const Layout& l,
                                          const float* taps, int64_t begin, int64_t end) {
   VecBuffer<__m512> buf(l.buf_w * l.buf_h);  // zero: the padding stays so
   VecBuffer<__m512> obuf(j.dst_h * l.out_cols);
@@ -172,7 +172,7 @@ CVOPS_TARGET_AVX512 void correlate_tasks(const Blocked512Job& j, const Layout& l
 
 }  // namespace
 
-bool blocked512_applies(const Blocked512Job& j) {
+bool blocked512_applies(const PlaneCorrelation& j) {
 #if CVOPS_DW_B512
   return cpu_has_avx512() && j.channels >= kLanes && j.kh_count <= kMaxKernel &&
          j.kw_count <= kMaxKernel && j.pad_h >= 0 && j.pad_w >= 0 &&
@@ -185,7 +185,7 @@ bool blocked512_applies(const Blocked512Job& j) {
 #endif
 }
 
-int64_t blocked512_correlate(const Blocked512Job& j) {
+int64_t blocked512_correlate(const PlaneCorrelation& j) {
 #if CVOPS_DW_B512
   const int64_t blocks = j.channels / kLanes, KK = j.kh_count * j.kw_count;
   // The taps transposed: [block][tap] vectors of 16 channels.

@@ -7,29 +7,17 @@
 
 #include <cstdint>
 
-namespace cvops {
+#include "ops/cpu/depthwise_conv2d_plane_correlation.h"
 
-// dst[n][c] (dst_h x dst_w) = bias[c] (or 0) + sum over taps (kh, kw) of
-// taps[c][kh * kw_count + kw] * src[n][c](r + kh - pad_h, c + kw - pad_w), zero outside the
-// src plane (src_h x src_w). All planes dense NCHW, float32.
-struct Blocked512Job {
-  const float* src;
-  int64_t src_h, src_w;
-  float* dst;
-  int64_t dst_h, dst_w;
-  const float* taps;  // [channels][kh_count * kw_count]
-  const float* bias;  // [channels] or nullptr
-  int64_t kh_count, kw_count, pad_h, pad_w;
-  int64_t batch, channels;
-};
+namespace cvops {
 
 // Whether the blocked correlation runs a job: an AVX-512 CPU (cpu_has_avx512()), at least 16
 // channels, kernels up to 7x7 and small planes (the rule and its measurements are in the
 // .cpp).
-bool blocked512_applies(const Blocked512Job& job);
+bool blocked512_applies(const PlaneCorrelation& job);
 
 // Computes the channels [0, channels / 16 * 16) of every image and returns that count; the
 // rest are the caller's.
-int64_t blocked512_correlate(const Blocked512Job& job);
+int64_t blocked512_correlate(const PlaneCorrelation& job);
 
 }  // namespace cvops

@@ -41,8 +41,10 @@
 #include <cstring>
 #include <vector>
 
+#include "common/avx512_utils.h"
 #include "common/cpu_utils.h"
 #include "ops/cpu/depthwise_conv2d_blocked512.h"
+#include "ops/cpu/depthwise_conv2d_rows512.h"
 
 #if defined(__x86_64__) && CVOPS_HAS_AVX2_TARGET
 #include <immintrin.h>
@@ -396,15 +398,6 @@ void run_channels(const Job& job, int64_t batch, int64_t channels, int64_t begin
   }
 }
 
-// The 16 lanes summed in index order (a store and a scalar loop: once per tap and channel).
-CVOPS_TARGET_AVX512 inline float sum_lanes(__m512 v) {
-  alignas(64) float lanes[kLanes];
-  _mm512_store_ps(lanes, v);
-  float sum = 0.f;
-  for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
-  return sum;
-}
-
 // acc[j] += sum over the G planes gp/xp and the slots s of g(s) * (masked input of tap
 // t0 + j), for j < TC, in the order slot, image; acc_bias += sum of g. Each tap's mask serves
 // the G images. The prefetches run `ahead` bytes in front of the loads (g_ahead 0: none).
@@ -490,8 +483,8 @@ CVOPS_TARGET_AVX512 void dot_taps(float* res, const DotJob& job, int64_t c, cons
 #undef CVOPS_DW_DOT_IMAGES
     n += G;
   }
-  for (int j = 0; j < TC; ++j) res[t0 + j] = sum_lanes(acc[j]);
-  if (kBias) res[tab.taps] = sum_lanes(acc_bias);
+  for (int j = 0; j < TC; ++j) res[t0 + j] = sum_lanes_in_order(acc[j]);
+  if (kBias) res[tab.taps] = sum_lanes_in_order(acc_bias);
 }
 
 // Accumulators per pass over the planes: TC taps (+ the bias) stay in registers.
@@ -570,18 +563,20 @@ void run_job(Job& job, const DepthwiseParams& p, int64_t first = 0) {
   });
 }
 
-// The channels the blocked correlation (depthwise_conv2d_blocked512.cpp) computes for a
-// stride-1, undilated call on small planes: blocks of 16 from channel 0 (0 when it does not
-// apply). weight: [C][KH * KW], used as the taps or, with flip, mirrored in both directions
-// (the input gradient, whose padding is then the mirrored one).
-int64_t run_blocked512(const float* src, int64_t src_h, int64_t src_w, float* dst,
-                       int64_t dst_h, int64_t dst_w, const float* weight, bool flip,
-                       const float* bias, int64_t pad_h, int64_t pad_w,
-                       const DepthwiseParams& p) {
+// The channels the small-plane correlations compute for a stride-1, undilated call: all of
+// them when the row correlation (depthwise_conv2d_rows512.cpp) applies, else blocks of 16
+// from channel 0 when the channel-blocked one (depthwise_conv2d_blocked512.cpp) does, else 0.
+// weight: [C][KH * KW], used as the taps or, with flip, mirrored in both directions (the input
+// gradient, whose padding is then the mirrored one).
+int64_t run_small_plane(const float* src, int64_t src_h, int64_t src_w, float* dst,
+                        int64_t dst_h, int64_t dst_w, const float* weight, bool flip,
+                        const float* bias, int64_t pad_h, int64_t pad_w,
+                        const DepthwiseParams& p) {
   if (p.stride_h != 1 || p.stride_w != 1 || p.dil_h != 1 || p.dil_w != 1) return 0;
-  Blocked512Job job{src,    src_h,      src_w,      dst,   dst_h,   dst_w,   weight,
-                    bias,   p.kernel_h, p.kernel_w, pad_h, pad_w, p.batch, p.channels};
-  if (!blocked512_applies(job)) return 0;
+  PlaneCorrelation job{src,    src_h,      src_w,      dst,   dst_h,   dst_w,   weight,
+                       bias,   p.kernel_h, p.kernel_w, pad_h, pad_w, p.batch, p.channels};
+  const bool rows = rows512_applies(job);
+  if (!rows && !blocked512_applies(job)) return 0;
   std::vector<float> flipped;
   if (flip) {
     const int64_t KK = p.kernel_h * p.kernel_w;
@@ -590,7 +585,9 @@ int64_t run_blocked512(const float* src, int64_t src_h, int64_t src_w, float* ds
       for (int64_t t = 0; t < KK; ++t) flipped[c * KK + t] = weight[c * KK + KK - 1 - t];
     job.taps = flipped.data();
   }
-  return blocked512_correlate(job);
+  if (!rows) return blocked512_correlate(job);
+  rows512_correlate(job);
+  return p.channels;
 }
 }  // namespace
 
@@ -602,7 +599,7 @@ void depthwise_masked_forward(const at::Tensor& input, const at::Tensor& weight,
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
   float* out = output.mutable_data_ptr<float>();
   const int64_t done =
-      run_blocked512(x.const_data_ptr<float>(), p.height, p.width, out, p.out_h, p.out_w,
+      run_small_plane(x.const_data_ptr<float>(), p.height, p.width, out, p.out_h, p.out_w,
                      w.const_data_ptr<float>(), false, bp, p.pad_h, p.pad_w, p);
   if (done == p.channels) return;
   const Phases ph = input_phases(p);
@@ -625,7 +622,7 @@ void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& w
   const at::Tensor g = grad.contiguous(), w = weight.contiguous();
   float* gi = grad_input.mutable_data_ptr<float>();
   // Stride 1: the blocked correlation of the gradient with the flipped kernel.
-  const int64_t done = run_blocked512(g.const_data_ptr<float>(), p.out_h, p.out_w, gi, p.height,
+  const int64_t done = run_small_plane(g.const_data_ptr<float>(), p.out_h, p.out_w, gi, p.height,
                                       p.width, w.const_data_ptr<float>(), true, nullptr,
                                       (p.kernel_h - 1) * p.dil_h - p.pad_h,
                                       (p.kernel_w - 1) * p.dil_w - p.pad_w, p);
@@ -651,6 +648,18 @@ void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& w
 void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& input,
                                       at::Tensor& result, const DepthwiseParams& p) {
   const at::Tensor g = grad.contiguous(), x = input.contiguous();
+  float* res = result.mutable_data_ptr<float>();  // [C][T + 1]; tap order is weight order
+  if (p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 && p.dil_w == 1 &&
+      p.kernel_h == p.kernel_w) {
+    const PlaneWeightGrad job{g.const_data_ptr<float>(), p.out_h, p.out_w,
+                              x.const_data_ptr<float>(), p.height, p.width,
+                              p.kernel_h, p.pad_h, p.pad_w,
+                              p.batch, p.channels, res};
+    if (rows512_weight_grad_applies(job)) {
+      rows512_weight_grad(job);
+      return;
+    }
+  }
   const Phases ph = input_phases(p);
   const SlotTable tab = build_slot_table(forward_correlation(p, ph));
   const int64_t T = tab.taps;
@@ -660,7 +669,6 @@ void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& 
   const DotJob job{g.const_data_ptr<float>(), p.out_h * p.out_w, x.const_data_ptr<float>(),
                    p.height * p.width,        ph,                p.batch,
                    p.channels};
-  float* res = result.mutable_data_ptr<float>();  // [C][T + 1]; tap order is weight order
   at::parallel_for(0, p.channels, masked_grain(p.batch * tab.slots * kLanes * T),
                    [&](int64_t begin, int64_t end) {
                      Scratch buf(ph.split() ? ph.size() : 0);

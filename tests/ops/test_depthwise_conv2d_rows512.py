@@ -1,0 +1,68 @@
+"""Depthwise conv2d CPU: the AVX-512 row kernels (float32, NCHW, stride 1, dilation 1, square
+kernels, outputs up to 32 wide), which the masked path tries first. The correlation (3x3,
+5x5, 7x7) computes the forward and the input gradient (the output gradient correlated with
+the flipped taps, its padding mirrored: k - 1 - pad, negative when pad > k - 1); the weight
+gradient runs for 3x3. Checked against F.conv2d(groups=C) in float64, output and all
+gradients, over the groupings, column chunks and paddings the kernels must get right."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import requires_ops
+from tests.ops.test_depthwise_conv2d import check_against_conv2d
+
+pytestmark = requires_ops
+
+
+@pytest.fixture(autouse=True)
+def default_path(monkeypatch):
+    monkeypatch.delenv("CVOPS_DEPTHWISE_CPU_PATH", raising=False)
+
+
+ROWS = [
+    # shape, kernel, padding
+    ((8, 16, 7, 7), 3, 1),  # rows of <= 8: two images per vector, 8 images per group
+    ((9, 5, 7, 7), 3, 1),  # a group of 8, then one image alone
+    ((3, 4, 8, 8), 3, 1),  # 8 wide (still paired); a short group, one image at a time
+    ((11, 3, 14, 14), 3, 1),  # 9-16 wide, unpaired: 4 + 4 + 3
+    ((2, 3, 9, 16), 3, 1),  # one full chunk
+    ((2, 3, 9, 17), 3, 1),  # two chunks, the second one column
+    ((3, 2, 5, 32), 3, 1),  # two full chunks
+    ((4, 4, 12, 12), 5, 2),
+    ((5, 3, 7, 7), 5, 2),  # paired 5x5: groups of 4, then one
+    ((5, 2, 13, 11), 7, 3),
+    ((3, 2, 6, 6), 7, 3),
+    ((2, 3, 8, 8), 3, 0),  # valid padding: smaller output
+    ((2, 3, 6, 5), 3, (3, 2)),  # padding past k - 1: the input gradient's mirrored padding < 0
+    ((2, 3, 9, 9), 5, (0, 4)),
+    ((2, 3, 1, 1), 3, 1),  # every tap but the centre is padding
+    ((2, 3, 1, 9), 3, 1),  # a single row
+    ((2, 3, 20, 3), 5, (2, 1)),
+    ((1, 2, 3, 3), 7, 3),  # a kernel larger than the plane
+]
+
+
+@pytest.mark.parametrize("case", ROWS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_conv2d(case, bias):
+    shape, kernel, padding = case
+    pad = padding if isinstance(padding, tuple) else (padding, padding)
+    check_against_conv2d(shape, (kernel, kernel), (1, 1), pad, (1, 1), 1, bias, torch.float32)
+
+
+def test_weight_gradient_has_no_product_with_rows_outside_the_gradient():
+    # Kernel row 2 reads input row 0 only for output row -1, and kernel row 0 reads input
+    # row 6 only for output row 7: the true sums have no such terms, so an infinite input
+    # row there leaves those kernel rows' gradients finite.
+    for row, finite_kernel_row in ((0, 2), (6, 0)):
+        x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+        x[:, :, row] = float("inf")
+        g = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+        w = torch.zeros(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+        (want,) = torch.autograd.grad(F.conv2d(x, w, None, 1, 1, 1, 3), w, g)
+        got = torch.ops.cvops._depthwise_conv2d_backward_weight(
+            g.float(), x.float(), 3, 3, [1, 1], [1, 1], [1, 1]
+        )[0].double()
+        assert torch.isfinite(want[:, 0, finite_kernel_row]).all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3, equal_nan=True)
