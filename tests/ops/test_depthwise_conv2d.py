@@ -148,10 +148,20 @@ def test_backward_is_deterministic(device):
         assert torch.equal(gx, grads[0][0]) and torch.equal(gw, grads[0][1])
 
 
-@pytest.mark.parametrize("shape", [(6, 8, 15, 15), (6, 21, 7, 7), (5, 3, 30, 30)])
-def test_thread_count_does_not_change_the_weight_gradient(shape):
+@pytest.mark.parametrize(
+    "shape, stride",
+    [
+        ((6, 8, 15, 15), 1),
+        ((6, 21, 7, 7), 1),
+        ((5, 3, 30, 30), 1),
+        ((6, 8, 28, 28), 2),
+        ((5, 3, 13, 17), 2),
+    ],
+)
+def test_thread_count_does_not_change_the_weight_gradient(shape, stride):
     x = torch.randn(shape)
-    g = torch.randn(shape)
+    oh, ow = ((size - 1) // stride + 1 for size in shape[2:])
+    g = torch.randn(shape[0], shape[1], oh, ow)
     before = torch.get_num_threads()
     results = []
     try:
@@ -159,7 +169,7 @@ def test_thread_count_does_not_change_the_weight_gradient(shape):
             torch.set_num_threads(threads)
             results.append(
                 torch.ops.cvops._depthwise_conv2d_backward_weight(
-                    g, x, 3, 3, [1, 1], [1, 1], [1, 1]
+                    g, x, 3, 3, [stride, stride], [1, 1], [1, 1]
                 )
             )
     finally:

@@ -45,6 +45,7 @@
 #include "common/cpu_utils.h"
 #include "ops/cpu/depthwise_conv2d_blocked512.h"
 #include "ops/cpu/depthwise_conv2d_rows512.h"
+#include "ops/cpu/depthwise_conv2d_stride2_512.h"
 
 #if defined(__x86_64__) && CVOPS_HAS_AVX2_TARGET
 #include <immintrin.h>
@@ -589,6 +590,11 @@ int64_t run_small_plane(const float* src, int64_t src_h, int64_t src_w, float* d
   rows512_correlate(job);
   return p.channels;
 }
+// The calls the stride-2 row kernels (depthwise_conv2d_stride2_512.cpp) are for.
+bool is_stride2_3x3(const DepthwiseParams& p) {
+  return p.stride_h == 2 && p.stride_w == 2 && p.dil_h == 1 && p.dil_w == 1 && p.kernel_h == 3 &&
+         p.kernel_w == 3;
+}
 }  // namespace
 
 void depthwise_masked_forward(const at::Tensor& input, const at::Tensor& weight,
@@ -598,6 +604,14 @@ void depthwise_masked_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
   float* out = output.mutable_data_ptr<float>();
+  if (is_stride2_3x3(p)) {
+    const Stride2Planes planes{x.const_data_ptr<float>(), p.height, p.width, p.out_h, p.out_w,
+                               p.pad_h, p.pad_w, p.batch, p.channels};
+    if (stride2_512_applies(planes)) {
+      stride2_512_forward(planes, w.const_data_ptr<float>(), bp, out);
+      return;
+    }
+  }
   const int64_t done =
       run_small_plane(x.const_data_ptr<float>(), p.height, p.width, out, p.out_h, p.out_w,
                      w.const_data_ptr<float>(), false, bp, p.pad_h, p.pad_w, p);
@@ -621,6 +635,14 @@ void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& w
                                      at::Tensor& grad_input, const DepthwiseParams& p) {
   const at::Tensor g = grad.contiguous(), w = weight.contiguous();
   float* gi = grad_input.mutable_data_ptr<float>();
+  if (is_stride2_3x3(p)) {
+    const Stride2Planes planes{nullptr, p.height, p.width, p.out_h, p.out_w,
+                               p.pad_h, p.pad_w,    p.batch, p.channels};
+    if (stride2_512_applies(planes)) {
+      stride2_512_input_grad(planes, g.const_data_ptr<float>(), w.const_data_ptr<float>(), gi);
+      return;
+    }
+  }
   // Stride 1: the blocked correlation of the gradient with the flipped kernel.
   const int64_t done = run_small_plane(g.const_data_ptr<float>(), p.out_h, p.out_w, gi, p.height,
                                       p.width, w.const_data_ptr<float>(), true, nullptr,
@@ -657,6 +679,14 @@ void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& 
                               p.batch, p.channels, res};
     if (rows512_weight_grad_applies(job)) {
       rows512_weight_grad(job);
+      return;
+    }
+  }
+  if (is_stride2_3x3(p)) {
+    const Stride2Planes planes{x.const_data_ptr<float>(), p.height, p.width, p.out_h, p.out_w,
+                               p.pad_h, p.pad_w, p.batch, p.channels};
+    if (stride2_512_applies(planes)) {
+      stride2_512_weight_grad(planes, g.const_data_ptr<float>(), res);
       return;
     }
   }
