@@ -15,7 +15,7 @@ import torch
 
 from .. import extension
 from . import cases  # noqa: F401  (registers the cases)
-from .harness import registered_cases, run_case
+from .harness import fix_malloc_thresholds, registered_cases, run_case
 
 
 def _machine(device):
@@ -94,6 +94,11 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="calls before the first round")
     parser.add_argument("--out", default="bench_results", help="folder for JSON and plot")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--fixed-malloc",
+        action="store_true",
+        help="fix glibc's malloc thresholds: steadier large fwd+bwd times (fix_malloc_thresholds)",
+    )
     args = parser.parse_args(argv)
 
     extension.require_ops()
@@ -118,6 +123,7 @@ def main(argv=None):
         and (not args.ops or c.op in args.ops)
         and (not args.keyword or args.keyword in c.case)
     ]
+    malloc_note = fix_malloc_thresholds() if args.fixed_malloc else "glibc defaults"
     results = []
     for case in tqdm(todo, desc="cvops.bench (%s)" % device, unit="case", file=sys.stderr):
         results.append(run_case(case, device, args.warmup, args.rounds, args.min_time))
@@ -128,6 +134,7 @@ def main(argv=None):
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = "cvops %s on %s (torch %s), %s" % (device, machine, torch.__version__, stamp)
     print(title)
+    print("malloc: %s" % malloc_note)
     print(_table(results))
     os.makedirs(args.out, exist_ok=True)
     meta = {
@@ -138,6 +145,7 @@ def main(argv=None):
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "malloc": malloc_note,
     }
     json_path = os.path.join(args.out, "results-%s.json" % device)
     with open(json_path, "w") as f:
