@@ -195,83 +195,101 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
 // The weight gradient of one channel, 3x3: walking down the input plane as the correlation
 // does, step s loads output-gradient row s into a ring of the last K rows and input row
 // s - pad_h as K shifted vectors; tap (kh, kw) accumulates gradient row s - kh times shifted
-// vector kw. K * K accumulators are K * K independent FMA chains; images and steps run
-// in order, so the sums do not depend on the thread count.
-template <int K>
+// vector kw. K * K accumulators are K * K independent FMA chains. With kPair (rows of at
+// most 8) a vector holds two images' rows, lanes 0-7 and 8-15 (an odd batch's last image
+// alone, its partner's masks empty): half the FMAs. Images, chunks and steps run in a fixed
+// order, so the sums do not depend on the thread count.
+template <int K, bool kPair>
 CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Columns& cols,
                                              int64_t c) {
+  constexpr int P = kPair ? 2 : 1;  // images per vector
   const int64_t g_plane = j.grad_h * j.grad_w, x_plane = j.input_h * j.input_w;
-  const int64_t g_w = j.grad_w, x_w = j.input_w;
-  const int64_t steps = j.grad_h + K - 1, first = j.pad_h, last = j.pad_h + j.input_h;
+  const int64_t g_image = j.channels * g_plane, x_image = j.channels * x_plane;
+  const int64_t g_w = j.grad_w, x_w = j.input_w, grad_h = j.grad_h;
+  const int64_t steps = grad_h + K - 1, first = j.pad_h, last = j.pad_h + j.input_h;
   __m512 acc[K][K], acc_bias = _mm512_setzero_ps();
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int kh = 0; kh < K; ++kh)
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int kw = 0; kw < K; ++kw) acc[kh][kw] = _mm512_setzero_ps();
-  for (int64_t n = 0; n < j.batch; ++n) {
-    const float* g_base = j.grad + (n * j.channels + c) * g_plane;
-    const float* x_base = j.input + (n * j.channels + c) * x_plane;
-    // (masked loads do not train the hardware prefetchers: fetch the next image's planes)
-    if (n + 1 < j.batch) {
-      const char* g_next = reinterpret_cast<const char*>(g_base + j.channels * g_plane);
-      const char* x_next = reinterpret_cast<const char*>(x_base + j.channels * x_plane);
+  for (int64_t n = 0; n < j.batch; n += P) {
+    const bool both = kPair && n + 1 < j.batch;
+    const float* g_base = j.grad + n * g_image + c * g_plane;
+    const float* x_base = j.input + n * x_image + c * x_plane;
+    // (masked loads do not train the hardware prefetchers: fetch the next images' planes)
+    for (int64_t i = P; i < 2 * P && n + i < j.batch; ++i) {
+      const char* g_next = reinterpret_cast<const char*>(g_base + i * g_image);
+      const char* x_next = reinterpret_cast<const char*>(x_base + i * x_image);
       for (int64_t b = 0; b < g_plane * int64_t(sizeof(float)); b += 64)
         _mm_prefetch(g_next + b, _MM_HINT_T0);
       for (int64_t b = 0; b < x_plane * int64_t(sizeof(float)); b += 64)
         _mm_prefetch(x_next + b, _MM_HINT_T0);
     }
     for (int64_t ch = 0; ch < cols.chunks; ++ch) {
-      __mmask16 m[K];
-      #pragma GCC unroll 16
-      for (int kw = 0; kw < K; ++kw) m[kw] = cols.mask[ch * K + kw];
-      const __mmask16 valid = cols.valid[ch];
-      const float* gp = g_base + ch * kLanes;
-      const float* xp = x_base + ch * kLanes - j.pad_h * x_w - j.pad_w;
+      // the pair's second image: lanes 8-15, read 8 floats before its row
+      __mmask16 m[K][P], valid[P];
+      const float* gp[P];
+      const float* xp[P];
+#pragma GCC unroll 2
+      for (int i = 0; i < P; ++i) {
+        const bool present = i == 0 || both;
+        valid[i] = present ? static_cast<__mmask16>(cols.valid[ch] << (8 * i)) : 0;
+#pragma GCC unroll 16
+        for (int kw = 0; kw < K; ++kw)
+          m[kw][i] = present ? static_cast<__mmask16>(cols.mask[ch * K + kw] << (8 * i)) : 0;
+        gp[i] = g_base + i * g_image + ch * kLanes - 8 * i;
+        xp[i] = x_base + i * x_image + ch * kLanes - j.pad_h * x_w - j.pad_w - 8 * i;
+      }
       __m512 ring[K];
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int k = 0; k < K; ++k) ring[k] = _mm512_setzero_ps();
       for (int64_t s = 0; s < steps; ++s) {
         // ring[k]: gradient row s - k (zero outside the gradient, and then not used)
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int k = K - 1; k > 0; --k) ring[k] = ring[k - 1];
         ring[0] = _mm512_setzero_ps();
-        if (s < j.grad_h) {
-          ring[0] = _mm512_maskz_loadu_ps(valid, gp);
+        if (s < grad_h) {
+          ring[0] = _mm512_maskz_loadu_ps(valid[0], gp[0]);
+          if (kPair) ring[0] = _mm512_mask_loadu_ps(ring[0], valid[P - 1], gp[P - 1]);
           acc_bias = _mm512_add_ps(acc_bias, ring[0]);
-          gp += g_w;
+#pragma GCC unroll 2
+          for (int i = 0; i < P; ++i) gp[i] += g_w;
         }
         if (s >= first && s < last) {
           // Only gradient rows that exist, kh in [lo, hi]: 0 * an infinite input would be a
           // NaN that the true sum does not have.
-          const int64_t lo = std::max<int64_t>(0, s - j.grad_h + 1);
+          const int64_t lo = std::max<int64_t>(0, s - grad_h + 1);
           const int64_t hi = std::min<int64_t>(K - 1, s);
           if (lo == 0 && hi == K - 1) {
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int kw = 0; kw < K; ++kw) {
-              const __m512 v = _mm512_maskz_loadu_ps(m[kw], xp + kw);
-              #pragma GCC unroll 16
+              __m512 v = _mm512_maskz_loadu_ps(m[kw][0], xp[0] + kw);
+              if (kPair) v = _mm512_mask_loadu_ps(v, m[kw][P - 1], xp[P - 1] + kw);
+#pragma GCC unroll 16
               for (int kh = 0; kh < K; ++kh)
                 acc[kh][kw] = _mm512_fmadd_ps(ring[kh], v, acc[kh][kw]);
             }
           } else {
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int kw = 0; kw < K; ++kw) {
-              const __m512 v = _mm512_maskz_loadu_ps(m[kw], xp + kw);
-              #pragma GCC unroll 16
+              __m512 v = _mm512_maskz_loadu_ps(m[kw][0], xp[0] + kw);
+              if (kPair) v = _mm512_mask_loadu_ps(v, m[kw][P - 1], xp[P - 1] + kw);
+#pragma GCC unroll 16
               for (int kh = 0; kh < K; ++kh)
-                if (kh >= lo && kh <= hi)
-                  acc[kh][kw] = _mm512_fmadd_ps(ring[kh], v, acc[kh][kw]);
+                if (kh >= lo && kh <= hi) acc[kh][kw] = _mm512_fmadd_ps(ring[kh], v, acc[kh][kw]);
             }
           }
         }
-        xp += x_w;
+#pragma GCC unroll 2
+        for (int i = 0; i < P; ++i) xp[i] += x_w;
       }
     }
   }
   float* res = j.result + c * (K * K + 1);
-  #pragma GCC unroll 16
+  // (unrolled, like every loop over acc: a run-time index would keep acc in memory)
+#pragma GCC unroll 16
   for (int kh = 0; kh < K; ++kh)
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int kw = 0; kw < K; ++kw) res[kh * K + kw] = sum_lanes_in_order(acc[kh][kw]);
   res[K * K] = sum_lanes_in_order(acc_bias);
 }
@@ -308,7 +326,12 @@ void rows512_weight_grad(const PlaneWeightGrad& j) {
   at::parallel_for(0, j.channels,
                    std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work)),
                    [&](int64_t begin, int64_t end) {
-                     for (int64_t c = begin; c < end; ++c) weight_grad_channel<3>(j, cols, c);
+                     for (int64_t c = begin; c < end; ++c) {
+                       if (j.grad_w <= kLanes / 2)
+                         weight_grad_channel<3, true>(j, cols, c);
+                       else
+                         weight_grad_channel<3, false>(j, cols, c);
+                     }
                    });
 #else
   (void)j;

@@ -188,7 +188,9 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const Stride2Planes& p, const Strid
   const int64_t in_h = p.in_h, in_w = p.in_w, out_h = p.out_h, out_w = p.out_w;
   const int64_t in_plane = in_h * in_w, out_plane = out_h * out_w;
   __m512 acc[3][3], acc_bias = _mm512_setzero_ps();
+#pragma GCC unroll 3
   for (int kh = 0; kh < 3; ++kh)
+#pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) acc[kh][kw] = _mm512_setzero_ps();
   for (int64_t n = 0; n < p.batch; ++n) {
     const float* in = p.input + (n * p.channels + c) * in_plane;
@@ -220,7 +222,10 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const Stride2Planes& p, const Strid
     }
   }
   float* res = result + c * 10;
+  // (unrolled, like every loop over acc: a run-time index would keep acc in memory)
+#pragma GCC unroll 3
   for (int kh = 0; kh < 3; ++kh)
+#pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) res[kh * 3 + kw] = sum_lanes_in_order(acc[kh][kw]);
   res[9] = sum_lanes_in_order(acc_bias);
 }
