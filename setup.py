@@ -83,7 +83,7 @@ def make_extension():
     define_macros = [("CVOPS_TORCH_VERSION", '"%s"' % torch.__version__)]
     include_dirs = [os.path.join(ROOT, "csrc")]
     sources = _sources("init.cpp") + _sources("ops/*.cpp") + _sources("ops/cpu/*.cpp")
-    sources += _sources("ops/autocast/*.cpp")
+    sources += _sources("ops/autocast/*.cpp") + _sources("ops/autograd/*.cpp")
     arch_list = None
     if with_cuda:
         sources += _sources("ops/cuda/*.cu")
