@@ -63,6 +63,20 @@ def check_against_conv2d(
         )
 
 
+def check_weight_grad_with_infinities(x, g, stride, padding, finite):
+    """The float32 weight gradient of float64 x (with infinities) and g against autograd on
+    F.conv2d in float64, NaN for NaN, and want[finite] all finite: the kernel multiplies no
+    input that the true sum does not contain."""
+    c, k = x.shape[1], 3
+    w = torch.zeros(c, 1, k, k, dtype=torch.float64, requires_grad=True)
+    (want,) = torch.autograd.grad(F.conv2d(x, w, None, stride, padding, 1, c), w, g)
+    got = torch.ops.cvops._depthwise_conv2d_backward_weight(
+        g.float(), x.float(), k, k, [stride, stride], [padding, padding], [1, 1]
+    )[0].double()
+    assert torch.isfinite(want[finite]).all()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3, equal_nan=True)
+
+
 MOBILENET_LIKE = [
     # shape, kernel, stride, padding, dilation, mult
     ((2, 4, 9, 9), (3, 3), (1, 1), (1, 1), (1, 1), 1),

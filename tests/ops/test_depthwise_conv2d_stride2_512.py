@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from tests.conftest import requires_ops
-from tests.ops.test_depthwise_conv2d import check_against_conv2d
+from tests.ops.test_depthwise_conv2d import (
+    check_against_conv2d,
+    check_weight_grad_with_infinities,
+)
 
 pytestmark = requires_ops
 
@@ -43,3 +46,14 @@ STRIDE2 = [
 def test_matches_conv2d(case, bias):
     shape, padding = case
     check_against_conv2d(shape, (3, 3), (2, 2), padding, (1, 1), 1, bias, torch.float32)
+
+
+def test_weight_gradient_short_chunk_has_no_stray_products():
+    # A chunk of at most 15 outputs takes its shifted tap columns from the same two loads;
+    # their unused lane 15 must not multiply an input the sum does not contain. With padding
+    # 0, input column 0 is read only by tap column 0, so an infinite column 0 leaves the
+    # other tap columns' gradients finite.
+    x = torch.randn(2, 3, 9, 13, dtype=torch.float64)
+    x[:, :, :, 0] = float("inf")
+    g = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    check_weight_grad_with_infinities(x, g, 2, 0, (Ellipsis, slice(1, None)))

@@ -83,7 +83,10 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void broadcast_taps(__m512 (&w)[3
 
 // The three tap-column vectors of one input row (zero when the row is outside the input):
 // v[kw][l] = row[2 * (16 * chunk + l) + kw - pad_w]. row points at the chunk's load base.
-template <bool kOddFirst>
+// kShort (a chunk with at most 15 outputs): lane 15 is not stored, so pair 1 (pair 0 two
+// columns on) need not be loaded; its lanes 0-14 are pair 0's lanes 2-31, picked by the
+// permutes with indices two higher: two loads per row instead of four.
+template <bool kOddFirst, bool kShort>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void tap_columns(__m512 (&v)[3], const float* row,
                                                                 bool inside, const __mmask16* m,
                                                                 __m512i even, __m512i odd) {
@@ -92,6 +95,20 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void tap_columns(__m512 (&v)[3], 
     return;
   }
   const __m512 a0 = _mm512_maskz_loadu_ps(m[0], row), a1 = _mm512_maskz_loadu_ps(m[1], row + 16);
+  if (kShort) {  // (lane 15 of the shifted picks zeroed: the weight gradient multiplies it)
+    const __m512i two = _mm512_set1_epi32(2);
+    const __mmask16 low15 = 0x7FFF;
+    if (kOddFirst) {
+      v[0] = _mm512_permutex2var_ps(a0, odd, a1);
+      v[1] = _mm512_maskz_permutex2var_ps(low15, a0, _mm512_add_epi32(even, two), a1);
+      v[2] = _mm512_maskz_permutex2var_ps(low15, a0, _mm512_add_epi32(odd, two), a1);
+    } else {
+      v[0] = _mm512_permutex2var_ps(a0, even, a1);
+      v[1] = _mm512_permutex2var_ps(a0, odd, a1);
+      v[2] = _mm512_maskz_permutex2var_ps(low15, a0, _mm512_add_epi32(even, two), a1);
+    }
+    return;
+  }
   const __m512 b0 = _mm512_maskz_loadu_ps(m[2], row + 2),
                b1 = _mm512_maskz_loadu_ps(m[3], row + 18);
   if (kOddFirst) {  // d = -1, 0, 1 (pad 1): pair 0 odd lanes, pair 1 even and odd
@@ -106,7 +123,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void tap_columns(__m512 (&v)[3], 
 }
 
 // One column chunk of G images of one channel.
-template <bool kOddFirst, int G>
+template <bool kOddFirst, bool kShort, int G>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void forward_chunk(
     float* const* out, const float* const* in, const Stride2Planes& p, const __m512 (&w)[3][3],
     __m512 init, const __mmask16* m, __mmask16 valid, int64_t in_col) {
@@ -117,14 +134,14 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void forward_chunk(
   __m512 kept[G][3];  // the tap vectors of input row 2r - pad_h
   int64_t row = -p.pad_h;
   for (int g = 0; g < G; ++g)
-    tap_columns<kOddFirst>(kept[g], in[g] + row * in_w + in_col, row >= 0 && row < in_h, m,
+    tap_columns<kOddFirst, kShort>(kept[g], in[g] + row * in_w + in_col, row >= 0 && row < in_h, m,
                            even, odd);
   for (int64_t r = 0; r < out_h; ++r, row += 2) {
     for (int g = 0; g < G; ++g) {
       __m512 v1[3], v2[3];
-      tap_columns<kOddFirst>(v1, in[g] + (row + 1) * in_w + in_col,
+      tap_columns<kOddFirst, kShort>(v1, in[g] + (row + 1) * in_w + in_col,
                              row + 1 >= 0 && row + 1 < in_h, m, even, odd);
-      tap_columns<kOddFirst>(v2, in[g] + (row + 2) * in_w + in_col,
+      tap_columns<kOddFirst, kShort>(v2, in[g] + (row + 2) * in_w + in_col,
                              row + 2 >= 0 && row + 2 < in_h, m, even, odd);
       // (a sum per kernel row: three chains of three FMAs, not one of nine)
       __m512 a0 = init, a1 = _mm512_mul_ps(w[1][0], v1[0]), a2 = _mm512_mul_ps(w[2][0], v2[0]);
@@ -164,11 +181,19 @@ CVOPS_TARGET_AVX512 void forward_channels(const Stride2Planes& p, const Stride2C
         const int64_t in_col = 32 * ch + 2 * cols.q0;
         float* o[kImages];
         for (int64_t g = 0; g < count; ++g) o[g] = out[g] + ch * kLanes;
-        if (count == kImages) {
-          forward_chunk<kOddFirst, kImages>(o, in, p, w, init, m, cols.valid[ch], in_col);
+        const __mmask16 valid = cols.valid[ch];
+        if (valid != 0xFFFF) {
+          if (count == kImages) {
+            forward_chunk<kOddFirst, true, kImages>(o, in, p, w, init, m, valid, in_col);
+          } else {
+            for (int64_t g = 0; g < count; ++g)
+              forward_chunk<kOddFirst, true, 1>(o + g, in + g, p, w, init, m, valid, in_col);
+          }
+        } else if (count == kImages) {
+          forward_chunk<kOddFirst, false, kImages>(o, in, p, w, init, m, valid, in_col);
         } else {
           for (int64_t g = 0; g < count; ++g)
-            forward_chunk<kOddFirst, 1>(o + g, in + g, p, w, init, m, cols.valid[ch], in_col);
+            forward_chunk<kOddFirst, false, 1>(o + g, in + g, p, w, init, m, valid, in_col);
         }
       }
       n += count;
@@ -200,15 +225,21 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const Stride2Planes& p, const Strid
       const __mmask16 valid = cols.valid[ch];
       const float* base = in + 32 * ch + 2 * cols.q0;
       const float* gp = g + ch * kLanes;
+      // (see tap_columns: a chunk with at most 15 outputs loads two vectors per row, not four)
+      auto columns = [&](__m512 (&v)[3], int64_t at) CVOPS_AVX512_LAMBDA {
+        const bool inside = at >= 0 && at < in_h;
+        if (valid != 0xFFFF)
+          tap_columns<kOddFirst, true>(v, base + at * in_w, inside, m, even, odd);
+        else
+          tap_columns<kOddFirst, false>(v, base + at * in_w, inside, m, even, odd);
+      };
       __m512 kept[3];
       int64_t row = -p.pad_h;
-      tap_columns<kOddFirst>(kept, base + row * in_w, row >= 0 && row < in_h, m, even, odd);
+      columns(kept, row);
       for (int64_t r = 0; r < out_h; ++r, row += 2, gp += out_w) {
         __m512 v1[3], v2[3];
-        tap_columns<kOddFirst>(v1, base + (row + 1) * in_w, row + 1 >= 0 && row + 1 < in_h, m,
-                               even, odd);
-        tap_columns<kOddFirst>(v2, base + (row + 2) * in_w, row + 2 >= 0 && row + 2 < in_h, m,
-                               even, odd);
+        columns(v1, row + 1);
+        columns(v2, row + 2);
         const __m512 gv = _mm512_maskz_loadu_ps(valid, gp);
         acc_bias = _mm512_add_ps(acc_bias, gv);
 #pragma GCC unroll 3
