@@ -88,6 +88,13 @@ class VecBuffer {
   V* data_;
 };
 
+// Items per parallel chunk for items of `work` multiply-adds each: at least 2^16 multiply-adds
+// (~20 us) per chunk, so that a thread's share is worth waking it (measured on the depthwise
+// kernels: [8,960,7,7] forward 0.42 -> 0.21 ms against 2^22).
+inline int64_t parallel_grain(int64_t work) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
+}
+
 // The 16-lane mask of lanes [0, n) (n may be <= 0 or >= 16), for AVX-512 masked loads and
 // stores of float vectors.
 inline uint16_t lanes_below(int64_t n) {

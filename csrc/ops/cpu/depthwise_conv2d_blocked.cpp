@@ -618,11 +618,10 @@ void blocked_reduce_partials(acc_t* res, const acc_t* partial, int64_t batch, in
     }
 }
 
-// (image, channel block) tasks per parallel chunk: 2^16 multiply-adds, as grain_size.
+// (image, channel block) tasks per parallel chunk (parallel_grain).
 int64_t blocked_grain(const DepthwiseParams& p) {
-  const int64_t work = std::max<int64_t>(
-      1, kBlock * std::max(p.out_h * p.out_w, p.height * p.width) * p.kernel_h * p.kernel_w);
-  return std::max<int64_t>(1, (int64_t(1) << 16) / work);
+  return parallel_grain(kBlock * std::max(p.out_h * p.out_w, p.height * p.width) * p.kernel_h *
+                        p.kernel_w);
 }
 
 int64_t blocked_tasks(const DepthwiseParams& p) {

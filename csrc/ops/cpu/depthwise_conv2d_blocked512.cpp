@@ -197,7 +197,7 @@ int64_t blocked512_correlate(const PlaneCorrelation& j) {
         taps[(b * KK + t) * kLanes + c] = j.taps[(b * kLanes + c) * KK + t];
   const Layout l = layout_of(j);
   const int64_t work = kLanes * j.dst_h * j.dst_w * KK;  // multiply-adds per task
-  at::parallel_for(0, blocks * j.batch, std::max<int64_t>(1, (int64_t(1) << 16) / work),
+  at::parallel_for(0, blocks * j.batch, parallel_grain(work),
                    [&](int64_t begin, int64_t end) {
                      switch (j.kw_count) {
 #define CVOPS_DW_CASE(K) \

@@ -330,13 +330,9 @@ std::vector<int64_t> tap_offsets(const DepthwiseParams& p, const PhaseLayout& la
   return off;
 }
 
-// Planes per parallel task: enough multiply-adds (2^16, ~20 us) that a thread's share is
-// worth waking it. (Measured on a quiet 2-core machine once OpenMP was really enabled:
-// [8,960,7,7] forward 0.42 -> 0.21 ms against 2^22.)
+// Planes per parallel task (parallel_grain).
 int64_t grain_size(const DepthwiseParams& p) {
-  const int64_t work = std::max<int64_t>(
-      1, p.out_h * p.out_w * p.kernel_h * p.kernel_w * p.multiplier);
-  return std::max<int64_t>(1, (int64_t(1) << 16) / work);
+  return parallel_grain(p.out_h * p.out_w * p.kernel_h * p.kernel_w * p.multiplier);
 }
 
 // Number of flattened outputs (rows of lay.cols, the last one only out_w long).
@@ -580,10 +576,8 @@ void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::T
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   acc_t* res = result.mutable_data_ptr<acc_t>();  // [C_out][KK + 1]: taps, then bias
-  const int64_t work = std::max<int64_t>(1, p.batch * OH * OW * KK * M);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / work);
-
-  at::parallel_for(0, C, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, C, parallel_grain(p.batch * OH * OW * KK * M), [&](int64_t begin,
+                                                                         int64_t end) {
     std::vector<acc_t> q(ones_at + E, acc_t(0));
     std::fill(q.begin() + ones_at, q.end(), acc_t(1));
     std::vector<acc_t> gflat(E, acc_t(0));  // gap columns and the rounding stay zero

@@ -39,6 +39,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "common/avx512_utils.h"
@@ -513,11 +514,6 @@ void dot_taps_chunk(int64_t count, float* res, const DotJob& job, int64_t c,
 #undef CVOPS_DW_DOT
 }
 
-// Tasks per parallel chunk: about 2^16 multiply-adds, like the other paths.
-int64_t masked_grain(int64_t per_task) {
-  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, per_task));
-}
-
 #endif  // CVOPS_DW_MASKED
 
 }  // namespace
@@ -557,7 +553,7 @@ void run_job(Job& job, const DepthwiseParams& p, int64_t first = 0) {
   for (SlotTable& tab : job.tables) tab.stream = stream;
   int64_t work = 0;
   for (const SlotTable& tab : job.tables) work += tab.slots * kLanes * tab.taps;
-  at::parallel_for(first, p.channels, masked_grain(p.batch * work), [&](int64_t begin,
+  at::parallel_for(first, p.channels, parallel_grain(p.batch * work), [&](int64_t begin,
                                                                        int64_t end) {
     run_channels(job, p.batch, p.channels, begin, end);
     if (stream) _mm_sfence();  // the streamed stores are visible before the op returns
@@ -590,10 +586,17 @@ int64_t run_small_plane(const float* src, int64_t src_h, int64_t src_w, float* d
   rows512_correlate(job);
   return p.channels;
 }
-// The calls the stride-2 row kernels (depthwise_conv2d_stride2_512.cpp) are for.
-bool is_stride2_3x3(const DepthwiseParams& p) {
-  return p.stride_h == 2 && p.stride_w == 2 && p.dil_h == 1 && p.dil_w == 1 && p.kernel_h == 3 &&
-         p.kernel_w == 3;
+// The call's planes when the stride-2 row kernels (depthwise_conv2d_stride2_512.cpp) take it:
+// 3x3, stride 2, undilated, and what stride2_512_applies accepts. input: the forward's input
+// (nullptr for the input gradient, which does not read it).
+std::optional<Stride2Planes> stride2_planes(const DepthwiseParams& p, const float* input) {
+  if (p.stride_h != 2 || p.stride_w != 2 || p.dil_h != 1 || p.dil_w != 1 || p.kernel_h != 3 ||
+      p.kernel_w != 3)
+    return std::nullopt;
+  const Stride2Planes planes{input,   p.height, p.width, p.out_h,   p.out_w,
+                             p.pad_h, p.pad_w,  p.batch, p.channels};
+  if (!stride2_512_applies(planes)) return std::nullopt;
+  return planes;
 }
 }  // namespace
 
@@ -604,13 +607,9 @@ void depthwise_masked_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
   float* out = output.mutable_data_ptr<float>();
-  if (is_stride2_3x3(p)) {
-    const Stride2Planes planes{x.const_data_ptr<float>(), p.height, p.width, p.out_h, p.out_w,
-                               p.pad_h, p.pad_w, p.batch, p.channels};
-    if (stride2_512_applies(planes)) {
-      stride2_512_forward(planes, w.const_data_ptr<float>(), bp, out);
-      return;
-    }
+  if (const auto planes = stride2_planes(p, x.const_data_ptr<float>())) {
+    stride2_512_forward(*planes, w.const_data_ptr<float>(), bp, out);
+    return;
   }
   const int64_t done =
       run_small_plane(x.const_data_ptr<float>(), p.height, p.width, out, p.out_h, p.out_w,
@@ -635,15 +634,11 @@ void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& w
                                      at::Tensor& grad_input, const DepthwiseParams& p) {
   const at::Tensor g = grad.contiguous(), w = weight.contiguous();
   float* gi = grad_input.mutable_data_ptr<float>();
-  if (is_stride2_3x3(p)) {
-    const Stride2Planes planes{nullptr, p.height, p.width, p.out_h, p.out_w,
-                               p.pad_h, p.pad_w,    p.batch, p.channels};
-    if (stride2_512_applies(planes)) {
-      stride2_512_input_grad(planes, g.const_data_ptr<float>(), w.const_data_ptr<float>(), gi);
-      return;
-    }
+  if (const auto planes = stride2_planes(p, nullptr)) {
+    stride2_512_input_grad(*planes, g.const_data_ptr<float>(), w.const_data_ptr<float>(), gi);
+    return;
   }
-  // Stride 1: the blocked correlation of the gradient with the flipped kernel.
+  // Stride 1: the small-plane correlations of the gradient with the flipped kernel.
   const int64_t done = run_small_plane(g.const_data_ptr<float>(), p.out_h, p.out_w, gi, p.height,
                                       p.width, w.const_data_ptr<float>(), true, nullptr,
                                       (p.kernel_h - 1) * p.dil_h - p.pad_h,
@@ -682,13 +677,9 @@ void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& 
       return;
     }
   }
-  if (is_stride2_3x3(p)) {
-    const Stride2Planes planes{x.const_data_ptr<float>(), p.height, p.width, p.out_h, p.out_w,
-                               p.pad_h, p.pad_w, p.batch, p.channels};
-    if (stride2_512_applies(planes)) {
-      stride2_512_weight_grad(planes, g.const_data_ptr<float>(), res);
-      return;
-    }
+  if (const auto planes = stride2_planes(p, x.const_data_ptr<float>())) {
+    stride2_512_weight_grad(*planes, g.const_data_ptr<float>(), res);
+    return;
   }
   const Phases ph = input_phases(p);
   const SlotTable tab = build_slot_table(forward_correlation(p, ph));
@@ -699,7 +690,7 @@ void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& 
   const DotJob job{g.const_data_ptr<float>(), p.out_h * p.out_w, x.const_data_ptr<float>(),
                    p.height * p.width,        ph,                p.batch,
                    p.channels};
-  at::parallel_for(0, p.channels, masked_grain(p.batch * tab.slots * kLanes * T),
+  at::parallel_for(0, p.channels, parallel_grain(p.batch * tab.slots * kLanes * T),
                    [&](int64_t begin, int64_t end) {
                      Scratch buf(ph.split() ? ph.size() : 0);
                      for (int64_t c = begin; c < end; ++c)

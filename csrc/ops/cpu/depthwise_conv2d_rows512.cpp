@@ -144,9 +144,9 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
   const RowGeometry geo{j.src_h, j.src_w, j.dst_h, j.dst_w, j.pad_h, j.pad_w};
   for (int64_t c = begin; c < end; ++c) {
     __m512 w[K][K];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int kh = 0; kh < K; ++kh)
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int kw = 0; kw < K; ++kw) w[kh][kw] = _mm512_set1_ps(j.taps[(c * K + kh) * K + kw]);
     const __m512 init = _mm512_set1_ps(j.bias != nullptr ? j.bias[c] : 0.f);
     for (int64_t n = 0; n < j.batch;) {
@@ -323,16 +323,15 @@ void rows512_weight_grad(const PlaneWeightGrad& j) {
 #if CVOPS_DW_ROWS512
   const Columns cols = columns_of(j.grad_w, j.input_w, j.kernel, j.pad_w);
   const int64_t work = j.batch * j.grad_h * cols.chunks * kLanes * j.kernel * j.kernel;
-  at::parallel_for(0, j.channels,
-                   std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t c = begin; c < end; ++c) {
-                       if (j.grad_w <= kLanes / 2)
-                         weight_grad_channel<3, true>(j, cols, c);
-                       else
-                         weight_grad_channel<3, false>(j, cols, c);
-                     }
-                   });
+  const bool paired = j.grad_w <= kLanes / 2;
+  at::parallel_for(0, j.channels, parallel_grain(work), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      if (paired)
+        weight_grad_channel<3, true>(j, cols, c);
+      else
+        weight_grad_channel<3, false>(j, cols, c);
+    }
+  });
 #else
   (void)j;
 #endif
@@ -342,7 +341,7 @@ void rows512_correlate(const PlaneCorrelation& j) {
 #if CVOPS_DW_ROWS512
   const Columns cols = columns_of(j.dst_w, j.src_w, j.kw_count, j.pad_w);
   const int64_t work = j.batch * j.dst_h * cols.chunks * kLanes * j.kh_count * j.kw_count;
-  at::parallel_for(0, j.channels, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work)),
+  at::parallel_for(0, j.channels, parallel_grain(work),
                    [&](int64_t begin, int64_t end) {
                      switch (j.kh_count) {
                        case 3: correlate_channels<3>(j, cols, begin, end); break;

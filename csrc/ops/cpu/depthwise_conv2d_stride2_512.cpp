@@ -407,8 +407,7 @@ namespace {
 // f(begin, end) over the channels, in chunks of about 2^16 multiply-adds.
 template <typename F>
 void over_channels(const Stride2Planes& p, int64_t chunks, const F& f) {
-  const int64_t work = std::max<int64_t>(1, p.batch * p.out_h * chunks * kLanes * 9);
-  at::parallel_for(0, p.channels, std::max<int64_t>(1, (int64_t(1) << 16) / work), f);
+  at::parallel_for(0, p.channels, parallel_grain(p.batch * p.out_h * chunks * kLanes * 9), f);
 }
 }  // namespace
 
