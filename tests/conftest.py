@@ -37,6 +37,12 @@ def devices():
     return ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
 
 
+@pytest.fixture
+def default_depthwise_path(monkeypatch):
+    """CVOPS_DEPTHWISE_CPU_PATH unset: depthwise calls take the default CPU path."""
+    monkeypatch.delenv("CVOPS_DEPTHWISE_CPU_PATH", raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -11,14 +11,9 @@ import cvops
 from tests.conftest import requires_ops, run_python
 from tests.ops.test_depthwise_conv2d import check_against_conv2d
 
-pytestmark = requires_ops
+pytestmark = [requires_ops, pytest.mark.usefixtures("default_depthwise_path")]
 
 ENV = "CVOPS_DEPTHWISE_CPU_PATH"
-
-
-@pytest.fixture(autouse=True)
-def default_path(monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
 
 
 GEOMETRIES = [

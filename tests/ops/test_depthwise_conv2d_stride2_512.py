@@ -13,12 +13,7 @@ from tests.ops.test_depthwise_conv2d import (
     check_weight_grad_with_infinities,
 )
 
-pytestmark = requires_ops
-
-
-@pytest.fixture(autouse=True)
-def default_path(monkeypatch):
-    monkeypatch.delenv("CVOPS_DEPTHWISE_CPU_PATH", raising=False)
+pytestmark = [requires_ops, pytest.mark.usefixtures("default_depthwise_path")]
 
 
 STRIDE2 = [
