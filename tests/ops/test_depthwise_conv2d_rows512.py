@@ -37,6 +37,11 @@ ROWS = [
     ((2, 3, 1, 9), 3, 1),  # a single row
     ((2, 3, 20, 3), 5, (2, 1)),
     ((1, 2, 3, 3), 7, 3),  # a kernel larger than the plane
+    # Paired rows served by rotating one loaded row pair (a row and the zero lanes above it
+    # fill 8 lanes): the reads past either end must land on zeros, never the other image.
+    ((3, 2, 6, 6), 3, 2),  # 6 wide, padding 2: the zero lanes exactly cover both ends
+    ((3, 2, 5, 5), 3, 1),
+    ((4, 2, 4, 4), 5, 2),  # 5x5 on 4 wide fits too (8 wide, or 5x5 on 7: masked loads)
 ]
 
 
@@ -57,3 +62,16 @@ def test_weight_gradient_has_no_product_with_rows_outside_the_gradient():
         x[:, :, row] = float("inf")
         g = torch.randn(2, 3, 7, 7, dtype=torch.float64)
         check_weight_grad_with_infinities(x, g, 1, 1, (slice(None), 0, finite_kernel_row))
+
+
+def test_rotated_weight_gradient_has_no_product_outside_its_sums():
+    # Rows of 7 (padding 1) are rotated, not loaded per tap column: tap column 2's vector
+    # has the other image's column 0 in the unused lane 7, tap column 0's its column 6 in
+    # lane 15. Tap column 2 never reads input column 0 and tap column 0 never column 6, so
+    # with those columns infinite the true sums of those tap columns stay finite (3 images:
+    # the last pair is one image alone).
+    for column, finite_tap_column in ((0, 2), (6, 0)):
+        x = torch.randn(3, 2, 7, 7, dtype=torch.float64)
+        x[:, :, :, column] = float("inf")
+        g = torch.randn(3, 2, 7, 7, dtype=torch.float64)
+        check_weight_grad_with_infinities(x, g, 1, 1, (Ellipsis, finite_tap_column))

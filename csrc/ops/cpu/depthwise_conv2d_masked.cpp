@@ -485,8 +485,8 @@ CVOPS_TARGET_AVX512 void dot_taps(float* res, const DotJob& job, int64_t c, cons
 #undef CVOPS_DW_DOT_IMAGES
     n += G;
   }
-  for (int j = 0; j < TC; ++j) res[t0 + j] = sum_lanes_in_order(acc[j]);
-  if (kBias) res[tab.taps] = sum_lanes_in_order(acc_bias);
+  for (int j = 0; j < TC; ++j) res[t0 + j] = sum_lanes(acc[j]);
+  if (kBias) res[tab.taps] = sum_lanes(acc_bias);
 }
 
 // Accumulators per pass over the planes: TC taps (+ the bias) stay in registers.

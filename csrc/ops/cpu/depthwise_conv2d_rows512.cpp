@@ -67,6 +67,33 @@ Columns columns_of(int64_t dst_w, int64_t src_w, int64_t kw_count, int64_t pad_w
   return c;
 }
 
+// Whether a pair of rows (one per 8-lane half, zero above src_w) serves every tap column by
+// rotation: each stored output lane's source column, taken modulo 16 lanes, must be a column
+// of its own row or one of the zero lanes (a read before the row's start wraps into the
+// other half's top lanes, one past its end reads its own).
+bool rotation_fits(int64_t dst_w, int64_t src_w, int64_t kw_count, int64_t pad_w) {
+  constexpr int64_t kHalf = kLanes / 2;
+  if (src_w > kHalf) return false;
+  for (int64_t half = 0; half < 2; ++half)
+    for (int64_t col = 0; col < dst_w; ++col)
+      for (int64_t kw = 0; kw < kw_count; ++kw) {
+        const int64_t lane = (half * kHalf + col + kw - pad_w + kLanes) % kLanes;
+        const int64_t lane_col = lane % kHalf;  // the column the lane holds, if any
+        const bool own_half = lane / kHalf == half;
+        const bool zero = lane_col >= src_w;
+        const bool right = own_half && lane_col == col + kw - pad_w;
+        if (!zero && !right) return false;
+      }
+  return true;
+}
+
+// The permutation indices of a rotation by `by` lanes: lane l takes lane (l + by) mod 16.
+CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline __m512i rotation(int64_t by) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return _mm512_and_si512(_mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int>(by))),
+                          _mm512_set1_epi32(kLanes - 1));
+}
+
 // The geometry a chunk loop needs, as plain values: the AVX-512 stores may alias anything,
 // so fields read through a reference would be reloaded after every store.
 struct RowGeometry {
@@ -78,8 +105,11 @@ struct RowGeometry {
 // 2g in lanes 0-7 and plane 2g + 1 in lanes 8-15: two masked loads per vector, half the FMAs.
 // Step s loads source row s - pad_h (when it exists) and adds it into output rows s - kh;
 // output row s starts at step s in ring slot s % K and is complete, and stored, after step
-// s + K - 1.
-template <int K, int G, bool kPair>
+// s + K - 1. With kRotate (pairs whose rows fit with zero lanes to spare: rotation_fits) a
+// source row pair is loaded once, zero above each row, and each tap column's vector is that
+// vector rotated by kw - pad_w lanes: a read past a row's end or before its start lands on
+// zeros. Two loads and K - 1 rotations per row instead of 2K masked loads.
+template <int K, int G, bool kPair, bool kRotate = false>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_chunk(
     float* const* dst_planes, const float* const* src_planes, const RowGeometry geo,
     const __m512 (&w)[K][K], __m512 init, const uint16_t* mask, __mmask16 valid) {
@@ -102,6 +132,10 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_chunk(
     if (kPair) m[kw][P - 1] = static_cast<__mmask16>(mask[kw] << 8);
   }
   const __mmask16 stored[2] = {valid, static_cast<__mmask16>(valid << 8)};
+  const __mmask16 row_mask[2] = {lanes_below(geo.src_w),
+                                 static_cast<__mmask16>(lanes_below(geo.src_w) << 8)};
+  __m512i rotate[K];
+  for (int kw = 0; kw < K; ++kw) rotate[kw] = rotation(kw - geo.pad_w);
   const int64_t steps = geo.dst_h + K - 1, src_w = geo.src_w, dst_w = geo.dst_w;
   const int64_t first = geo.pad_h, last = geo.pad_h + geo.src_h;  // steps with a source row
   for (int64_t s0 = 0; s0 < steps; s0 += K) {
@@ -111,17 +145,32 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_chunk(
       if (s >= steps) return;
       for (int g = 0; g < G; ++g) acc[g][u] = init;
       if (s >= first && s < last) {
-        unrolled<K>([&](auto column) CVOPS_AVX512_LAMBDA {
-          constexpr int kw = decltype(column)::value;
+        if constexpr (kRotate) {
           for (int g = 0; g < G; ++g) {
-            __m512 v = _mm512_maskz_loadu_ps(m[kw][0], src[g * P] + kw);
-            if (kPair) v = _mm512_mask_loadu_ps(v, m[kw][P - 1], src[g * P + P - 1] + kw);
-            for (int kh = 0; kh < K; ++kh) {
-              __m512& a = acc[g][(u - kh + K) % K];
-              a = _mm512_fmadd_ps(w[kh][kw], v, a);
-            }
+            __m512 row = _mm512_maskz_loadu_ps(row_mask[0], src[2 * g] + geo.pad_w);
+            row = _mm512_mask_loadu_ps(row, row_mask[1], src[2 * g + 1] + geo.pad_w);
+            unrolled<K>([&](auto column) CVOPS_AVX512_LAMBDA {
+              constexpr int kw = decltype(column)::value;
+              const __m512 v = _mm512_permutexvar_ps(rotate[kw], row);
+              for (int kh = 0; kh < K; ++kh) {
+                __m512& a = acc[g][(u - kh + K) % K];
+                a = _mm512_fmadd_ps(w[kh][kw], v, a);
+              }
+            });
           }
-        });
+        } else {
+          unrolled<K>([&](auto column) CVOPS_AVX512_LAMBDA {
+            constexpr int kw = decltype(column)::value;
+            for (int g = 0; g < G; ++g) {
+              __m512 v = _mm512_maskz_loadu_ps(m[kw][0], src[g * P] + kw);
+              if (kPair) v = _mm512_mask_loadu_ps(v, m[kw][P - 1], src[g * P + P - 1] + kw);
+              for (int kh = 0; kh < K; ++kh) {
+                __m512& a = acc[g][(u - kh + K) % K];
+                a = _mm512_fmadd_ps(w[kh][kw], v, a);
+              }
+            }
+          });
+        }
       }
       for (int i = 0; i < G * P; ++i) src[i] += src_w;
       if (s >= K - 1) {
@@ -135,7 +184,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_chunk(
 }
 
 // G vectors of images (planes of 2G images with kPair) per group.
-template <int K, int G, bool kPair>
+template <int K, int G, bool kPair, bool kRotate>
 CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Columns& cols,
                                             int64_t begin, int64_t end) {
   constexpr int64_t kGroup = kPair ? 2 * G : G;  // images per group
@@ -169,7 +218,7 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
         const uint16_t* mask = cols.mask.data() + ch * K;
         const __mmask16 valid = cols.valid[ch];
         if (count == kGroup) {
-          correlate_chunk<K, G, kPair>(dst, src, geo, w, init, mask, valid);
+          correlate_chunk<K, G, kPair, kRotate>(dst, src, geo, w, init, mask, valid);
         } else {  // the batch's last, short group: one image at a time
           for (int64_t g = 0; g < count; ++g)
             correlate_chunk<K, 1, false>(dst + g, src + g, geo, w, init, mask, valid);
@@ -186,10 +235,12 @@ template <int K>
 CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Columns& cols,
                                             int64_t begin, int64_t end) {
   constexpr int G = K == 3 ? 4 : 2;
-  if (j.dst_w <= kLanes / 2)
-    correlate_channels<K, G, true>(j, cols, begin, end);
+  if (j.dst_w > kLanes / 2)
+    correlate_channels<K, G, false, false>(j, cols, begin, end);
+  else if (rotation_fits(j.dst_w, j.src_w, K, j.pad_w))
+    correlate_channels<K, G, true, true>(j, cols, begin, end);
   else
-    correlate_channels<K, G, false>(j, cols, begin, end);
+    correlate_channels<K, G, true, false>(j, cols, begin, end);
 }
 
 // The weight gradient of one channel, 3x3: walking down the input plane as the correlation
@@ -198,8 +249,10 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
 // vector kw. K * K accumulators are K * K independent FMA chains. With kPair (rows of at
 // most 8) a vector holds two images' rows, lanes 0-7 and 8-15 (an odd batch's last image
 // alone, its partner's masks empty): half the FMAs. Images, chunks and steps run in a fixed
-// order, so the sums do not depend on the thread count.
-template <int K, bool kPair>
+// order, so the sums do not depend on the thread count. With kRotate (as in the
+// correlation) an input row pair is loaded once and rotated into the K shifted vectors, lanes
+// that are no output zeroed: a zero gradient lane times an infinite input would be a NaN.
+template <int K, bool kPair, bool kRotate>
 CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Columns& cols,
                                              int64_t c) {
   constexpr int P = kPair ? 2 : 1;  // images per vector
@@ -240,6 +293,13 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Col
         gp[i] = g_base + i * g_image + ch * kLanes - 8 * i;
         xp[i] = x_base + i * x_image + ch * kLanes - j.pad_h * x_w - j.pad_w - 8 * i;
       }
+      __m512i rotate[K];
+#pragma GCC unroll 16
+      for (int kw = 0; kw < K; ++kw) rotate[kw] = rotation(kw - j.pad_w);
+      const __mmask16 row_mask[2] = {lanes_below(j.input_w),
+                                     static_cast<__mmask16>(both ? lanes_below(j.input_w) << 8
+                                                                 : 0)};
+      const __mmask16 outputs = valid[0] | valid[P - 1];
       __m512 ring[K];
 #pragma GCC unroll 16
       for (int k = 0; k < K; ++k) ring[k] = _mm512_setzero_ps();
@@ -260,11 +320,22 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Col
           // NaN that the true sum does not have.
           const int64_t lo = std::max<int64_t>(0, s - grad_h + 1);
           const int64_t hi = std::min<int64_t>(K - 1, s);
+          __m512 row = _mm512_setzero_ps();
+          if (kRotate) {
+            row = _mm512_maskz_loadu_ps(row_mask[0], xp[0] + j.pad_w);
+            row = _mm512_mask_loadu_ps(row, row_mask[1], xp[P - 1] + j.pad_w);
+          }
+          // the tap column kw's input vector
+          const auto shifted = [&](int kw) CVOPS_AVX512_LAMBDA {
+            if (kRotate) return _mm512_maskz_permutexvar_ps(outputs, rotate[kw], row);
+            __m512 v = _mm512_maskz_loadu_ps(m[kw][0], xp[0] + kw);
+            if (kPair) v = _mm512_mask_loadu_ps(v, m[kw][P - 1], xp[P - 1] + kw);
+            return v;
+          };
           if (lo == 0 && hi == K - 1) {
 #pragma GCC unroll 16
             for (int kw = 0; kw < K; ++kw) {
-              __m512 v = _mm512_maskz_loadu_ps(m[kw][0], xp[0] + kw);
-              if (kPair) v = _mm512_mask_loadu_ps(v, m[kw][P - 1], xp[P - 1] + kw);
+              const __m512 v = shifted(kw);
 #pragma GCC unroll 16
               for (int kh = 0; kh < K; ++kh)
                 acc[kh][kw] = _mm512_fmadd_ps(ring[kh], v, acc[kh][kw]);
@@ -272,8 +343,7 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Col
           } else {
 #pragma GCC unroll 16
             for (int kw = 0; kw < K; ++kw) {
-              __m512 v = _mm512_maskz_loadu_ps(m[kw][0], xp[0] + kw);
-              if (kPair) v = _mm512_mask_loadu_ps(v, m[kw][P - 1], xp[P - 1] + kw);
+              const __m512 v = shifted(kw);
 #pragma GCC unroll 16
               for (int kh = 0; kh < K; ++kh)
                 if (kh >= lo && kh <= hi) acc[kh][kw] = _mm512_fmadd_ps(ring[kh], v, acc[kh][kw]);
@@ -290,8 +360,8 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Col
 #pragma GCC unroll 16
   for (int kh = 0; kh < K; ++kh)
 #pragma GCC unroll 16
-    for (int kw = 0; kw < K; ++kw) res[kh * K + kw] = sum_lanes_in_order(acc[kh][kw]);
-  res[K * K] = sum_lanes_in_order(acc_bias);
+    for (int kw = 0; kw < K; ++kw) res[kh * K + kw] = sum_lanes(acc[kh][kw]);
+  res[K * K] = sum_lanes(acc_bias);
 }
 
 #endif  // CVOPS_DW_ROWS512
@@ -324,12 +394,15 @@ void rows512_weight_grad(const PlaneWeightGrad& j) {
   const Columns cols = columns_of(j.grad_w, j.input_w, j.kernel, j.pad_w);
   const int64_t work = j.batch * j.grad_h * cols.chunks * kLanes * j.kernel * j.kernel;
   const bool paired = j.grad_w <= kLanes / 2;
+  const bool rotated = paired && rotation_fits(j.grad_w, j.input_w, j.kernel, j.pad_w);
   at::parallel_for(0, j.channels, parallel_grain(work), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      if (paired)
-        weight_grad_channel<3, true>(j, cols, c);
+      if (rotated)
+        weight_grad_channel<3, true, true>(j, cols, c);
+      else if (paired)
+        weight_grad_channel<3, true, false>(j, cols, c);
       else
-        weight_grad_channel<3, false>(j, cols, c);
+        weight_grad_channel<3, false, false>(j, cols, c);
     }
   });
 #else

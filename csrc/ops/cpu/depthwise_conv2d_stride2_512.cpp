@@ -257,8 +257,8 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const Stride2Planes& p, const Strid
 #pragma GCC unroll 3
   for (int kh = 0; kh < 3; ++kh)
 #pragma GCC unroll 3
-    for (int kw = 0; kw < 3; ++kw) res[kh * 3 + kw] = sum_lanes_in_order(acc[kh][kw]);
-  res[9] = sum_lanes_in_order(acc_bias);
+    for (int kw = 0; kw < 3; ++kw) res[kh * 3 + kw] = sum_lanes(acc[kh][kw]);
+  res[9] = sum_lanes(acc_bias);
 }
 
 // The input gradient. Input column 2m + e (e = 0, 1) receives tap column kw from gradient
