@@ -42,6 +42,14 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline float sum_lanes(__m512 v) {
   return _mm_cvtss_f32(quarter);
 }
 
+// The _mm512_permutexvar_ps indices of a rotation by `by` lanes: lane l takes lane
+// (l + by) mod 16.
+CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline __m512i rotation(int64_t by) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return _mm512_and_si512(_mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int>(by))),
+                          _mm512_set1_epi32(15));
+}
+
 }  // namespace cvops
 
 #endif

@@ -13,4 +13,10 @@ TORCH_LIBRARY_FRAGMENT(cvops, m) {
   m.def(
       "_depthwise_conv2d_backward_weight(Tensor grad, Tensor input, int kernel_h, "
       "int kernel_w, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
+  // Both at once, (grad_input, grad_weight, grad_bias): the forward's autograd calls it when
+  // it needs both and no graph of the backward (one pass over the output gradient where the
+  // CPU has a fused kernel).
+  m.def(
+      "_depthwise_conv2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, "
+      "int[2] padding, int[2] dilation) -> (Tensor, Tensor, Tensor)");
 }

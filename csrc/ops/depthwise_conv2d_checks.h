@@ -135,8 +135,8 @@ inline DepthwiseParams check_depthwise_backward_input_args(
 
 inline DepthwiseParams check_depthwise_backward_weight_args(
     const at::Tensor& grad, const at::Tensor& input, int64_t kernel_h, int64_t kernel_w,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  constexpr const char* op = "cvops._depthwise_conv2d_backward_weight";
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    const char* op = "cvops._depthwise_conv2d_backward_weight") {
   TORCH_CHECK_VALUE(input.dim() == 4, op, ": expected input of shape [N, C, H, W], got ",
                     input.sizes());
   TORCH_CHECK_VALUE(grad.dim() == 4, op, ": expected grad of shape [N, C_out, oH, oW], got ",
@@ -150,6 +150,25 @@ inline DepthwiseParams check_depthwise_backward_weight_args(
                         grad.size(3) == p.out_w,
                     op, ": expected grad of shape [", p.batch, ", ", p.out_channels(), ", ",
                     p.out_h, ", ", p.out_w, "], got ", grad.sizes());
+  return p;
+}
+
+// _depthwise_conv2d_backward (both gradients): the weight gradient's checks, and the weight
+// must be [grad.size(1), 1, kH, kW] with the input's dtype and device.
+inline DepthwiseParams check_depthwise_backward_args(const at::Tensor& grad,
+                                                     const at::Tensor& input,
+                                                     const at::Tensor& weight,
+                                                     at::IntArrayRef stride,
+                                                     at::IntArrayRef padding,
+                                                     at::IntArrayRef dilation) {
+  constexpr const char* op = "cvops._depthwise_conv2d_backward";
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == 1, op,
+                    ": expected weight of shape [C_out, 1, kH, kW], got ", weight.sizes());
+  check_depthwise_same(op, "weight", weight, input, "input");
+  const auto p = check_depthwise_backward_weight_args(grad, input, weight.size(2), weight.size(3),
+                                                      stride, padding, dilation, op);
+  TORCH_CHECK_VALUE(weight.size(0) == p.out_channels(), op, ": weight.size(0) (", weight.size(0),
+                    ") must equal grad.size(1) (", p.out_channels(), ")");
   return p;
 }
 

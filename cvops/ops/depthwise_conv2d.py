@@ -214,6 +214,15 @@ def _register():
         c_out = grad.size(1)
         return input.new_empty((c_out, 1, kernel_h, kernel_w)), input.new_empty((c_out,))
 
+    @torch.library.register_fake("cvops::_depthwise_conv2d_backward")
+    def _backward_fake(grad, input, weight, stride, padding, dilation):
+        c_out = grad.size(1)
+        return (
+            _like(grad, input.shape, grad),
+            weight.new_empty(weight.shape),
+            weight.new_empty((c_out,)),
+        )
+
     # The forward op's autograd is registered in C++ (csrc/ops/autograd/): a Python
     # registration cost ~30 us more per forward+backward, a fifth of a small-plane step.
 
@@ -265,6 +274,44 @@ def _register():
         "cvops::_depthwise_conv2d_backward_weight",
         backward_bw_weight,
         setup_context=setup_bw_weight,
+    )
+
+    # Both gradients at once: the two ops' derivatives, summed where both reach `grad`.
+    def setup_bw_both(ctx, inputs, output):
+        grad, input, weight, stride, padding, dilation = inputs
+        ctx.save_for_backward(grad, input, weight)
+        ctx.args = (stride, padding, dilation)
+
+    def backward_bw_both(ctx, gg_input, gg_weight, gg_bias):
+        grad, input, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.args
+        d_grad = d_input = d_weight = None
+        if ctx.needs_input_grad[0]:
+            parts = []
+            if gg_input is not None:
+                parts.append(
+                    ops.depthwise_conv2d(gg_input, weight, None, stride, padding, dilation)
+                )
+            if gg_weight is not None or gg_bias is not None:
+                if gg_weight is None:
+                    gg_weight = torch.zeros_like(weight)
+                parts.append(
+                    ops.depthwise_conv2d(input, gg_weight, gg_bias, stride, padding, dilation)
+                )
+            d_grad = sum(parts) if parts else None
+        if ctx.needs_input_grad[1] and gg_weight is not None:
+            n, c, h, w = input.shape
+            d_input = ops._depthwise_conv2d_backward_input(
+                grad, gg_weight, n, c, h, w, stride, padding, dilation
+            )
+        if ctx.needs_input_grad[2] and gg_input is not None:
+            d_weight, _ = ops._depthwise_conv2d_backward_weight(
+                grad, gg_input, weight.size(2), weight.size(3), stride, padding, dilation
+            )
+        return d_grad, d_input, d_weight, None, None, None
+
+    torch.library.register_autograd(
+        "cvops::_depthwise_conv2d_backward", backward_bw_both, setup_context=setup_bw_both
     )
 
 

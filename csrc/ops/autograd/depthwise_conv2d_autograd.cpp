@@ -7,8 +7,10 @@
 // MobileNet's small planes the three kernels take 150-200 us, so that overhead was a fifth of
 // the step. torchvision registers its ops' autograd the same way, and torch.compile and
 // opcheck see through it: the forward calls the op below autograd (its CPU/CUDA kernels, or
-// the fake kernel when traced), the backward calls the two backward ops, whose own autograd
-// (double backward) stays registered in Python (cvops/ops/depthwise_conv2d.py).
+// the fake kernel when traced); the backward calls _depthwise_conv2d_backward (both gradients,
+// fused on the CPU where it can be) when it needs the input's and the weight's gradients and
+// no graph of them, else the two backward ops. Their autograd (double backward) stays
+// registered in Python (cvops/ops/depthwise_conv2d.py).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -56,6 +58,12 @@ class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2d
             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                       int64_t, int64_t, c10::IntArrayRef,
                                                       c10::IntArrayRef, c10::IntArrayRef)>();
+    static auto both_op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("cvops::_depthwise_conv2d_backward", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
+                c10::IntArrayRef, c10::IntArrayRef)>();
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
     const at::Tensor& weight = saved[1];
@@ -70,12 +78,21 @@ class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2d
     // for double backward.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below;
     if (!at::GradMode::is_enabled()) below.emplace();
+    const bool weight_or_bias = ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2));
+    if (ctx->needs_input_grad(0) && weight_or_bias && below.has_value()) {
+      // Both, and no graph of them wanted: one op (one pass over grad on the fused CPU kernel).
+      std::tie(grad_input, grad_weight, grad_bias) =
+          both_op.call(grad, input, weight, stride, padding, dilation);
+      if (!ctx->needs_input_grad(1)) grad_weight = at::Tensor();
+      if (!has_bias || !ctx->needs_input_grad(2)) grad_bias = at::Tensor();
+      return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     if (ctx->needs_input_grad(0)) {
       grad_input = input_op.call(grad, weight, input.sym_size(0), input.sym_size(1),
                                  input.sym_size(2), input.sym_size(3), stride, padding,
                                  dilation);
     }
-    if (ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2))) {
+    if (weight_or_bias) {
       std::tie(grad_weight, grad_bias) =
           weight_op.call(grad, input, weight.size(2), weight.size(3), stride, padding, dilation);
       if (!ctx->needs_input_grad(1)) grad_weight = at::Tensor();

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "common/cpu_utils.h"
+#include "ops/cpu/depthwise_conv2d_backward512.h"
 #include "ops/cpu/depthwise_conv2d_blocked.h"
 #include "ops/cpu/depthwise_conv2d_masked.h"
 #include "ops/depthwise_conv2d.h"
@@ -661,9 +662,44 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cpu(
   return split_weight_and_bias(result, kernel_h, kernel_w, input.scalar_type());
 }
 
+// Both gradients. The fused kernel (depthwise_conv2d_backward512.cpp) when it applies: 3x3,
+// stride 1, padding 1, no dilation, float32 NCHW on the masked path's CPUs, rows up to 15;
+// else the two backward ops' kernels.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto p = check_depthwise_backward_args(grad, input, weight, stride, padding, dilation);
+  const bool fusable = p.kernel_h == 3 && p.kernel_w == 3 && p.stride_h == 1 &&
+                       p.stride_w == 1 && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
+                       p.dil_w == 1 && depthwise_use_masked_path(p, input) &&
+                       depthwise_use_masked_path(p, grad);
+  if (fusable && p.batch > 0) {
+    const at::Tensor g = grad.contiguous(), x = input.contiguous(), w = weight.contiguous();
+    at::Tensor grad_input = at::empty(x.sizes(), x.options());
+    at::Tensor sums = at::empty({p.channels, 10}, x.options());
+    const PlaneBackward job{g.const_data_ptr<float>(),        x.const_data_ptr<float>(),
+                            w.const_data_ptr<float>(),        grad_input.mutable_data_ptr<float>(),
+                            sums.mutable_data_ptr<float>(),   p.batch,
+                            p.channels,                       p.height,
+                            p.width};
+    if (backward512_applies(job)) {
+      backward512(job);
+      auto [grad_weight, grad_bias] = split_weight_and_bias(sums, 3, 3, at::kFloat);
+      return {grad_input, grad_weight, grad_bias};
+    }
+  }
+  at::Tensor grad_input =
+      depthwise_conv2d_backward_input_cpu(grad, weight, p.batch, p.channels, p.height, p.width,
+                                          stride, padding, dilation);
+  auto [grad_weight, grad_bias] = depthwise_conv2d_backward_weight_cpu(
+      grad, input, p.kernel_h, p.kernel_w, stride, padding, dilation);
+  return {grad_input, grad_weight, grad_bias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cvops, CPU, m) {
+  m.impl("_depthwise_conv2d_backward", &depthwise_conv2d_backward_cpu);
   m.impl("depthwise_conv2d", &depthwise_conv2d_forward_cpu);
   m.impl("_depthwise_conv2d_backward_input", &depthwise_conv2d_backward_input_cpu);
   m.impl("_depthwise_conv2d_backward_weight", &depthwise_conv2d_backward_weight_cpu);

@@ -87,13 +87,6 @@ bool rotation_fits(int64_t dst_w, int64_t src_w, int64_t kw_count, int64_t pad_w
   return true;
 }
 
-// The permutation indices of a rotation by `by` lanes: lane l takes lane (l + by) mod 16.
-CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline __m512i rotation(int64_t by) {
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  return _mm512_and_si512(_mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int>(by))),
-                          _mm512_set1_epi32(kLanes - 1));
-}
-
 // The geometry a chunk loop needs, as plain values: the AVX-512 stores may alias anything,
 // so fields read through a reference would be reloaded after every store.
 struct RowGeometry {

@@ -349,9 +349,23 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cuda(
   return {grad_weight, grad_bias};
 }
 
+// Both gradients: the two kernels above, one after the other.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto p = check_depthwise_backward_args(grad, input, weight, stride, padding, dilation);
+  at::Tensor grad_input =
+      depthwise_conv2d_backward_input_cuda(grad, weight, p.batch, p.channels, p.height, p.width,
+                                           stride, padding, dilation);
+  auto [grad_weight, grad_bias] = depthwise_conv2d_backward_weight_cuda(
+      grad, input, p.kernel_h, p.kernel_w, stride, padding, dilation);
+  return {grad_input, grad_weight, grad_bias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cvops, CUDA, m) {
+  m.impl("_depthwise_conv2d_backward", &depthwise_conv2d_backward_cuda);
   m.impl("depthwise_conv2d", &depthwise_conv2d_forward_cuda);
   m.impl("_depthwise_conv2d_backward_input", &depthwise_conv2d_backward_input_cuda);
   m.impl("_depthwise_conv2d_backward_weight", &depthwise_conv2d_backward_weight_cuda);
