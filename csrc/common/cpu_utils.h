@@ -88,6 +88,16 @@ class VecBuffer {
   V* data_;
 };
 
+// Whether a kernel writing `bytes` of output should write it with non-temporal stores: an
+// output larger than the writing threads' share of the L3 (a 32 MiB L3 per 8 cores on this CPU
+// family: 4 MiB per thread) does not stay cached for its reader anyway, and streaming skips
+// the read-for-ownership of every line, a third of the memory traffic (measured 1.2-1.4x on
+// the depthwise [8,144,56,56] and [8,32,112,112] forward and input gradient).
+inline bool output_streams(int64_t bytes) {
+  constexpr int64_t kBytesPerThread = int64_t(4) << 20;
+  return bytes >= kBytesPerThread * std::max(1, at::get_num_threads());
+}
+
 // Items per parallel chunk for items of `work` multiply-adds each: at least 2^16 multiply-adds
 // (~20 us) per chunk, so that a thread's share is worth waking it (measured on the depthwise
 // kernels: [8,960,7,7] forward 0.42 -> 0.21 ms against 2^22).

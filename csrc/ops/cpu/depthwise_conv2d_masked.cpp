@@ -63,7 +63,6 @@ namespace {
 constexpr int64_t kLanes = 16;
 constexpr int64_t kPrefetchBytes = 1024;  // software prefetch distance in the plane loops
 constexpr int kMaxGroup = 8;              // images per group
-constexpr int64_t kStreamBytesPerThread = int64_t(4) << 20;  // see run_job
 
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
@@ -541,15 +540,10 @@ bool depthwise_use_masked_path(const DepthwiseParams& p, const at::Tensor& t) {
 namespace {
 // Runs the job for the channels [first, C).
 void run_job(Job& job, const DepthwiseParams& p, int64_t first = 0) {
-  // Large outputs are written with non-temporal stores (full, aligned vectors; the rest as
-  // usual): an output larger than the writing threads' share of the L3 (a 32 MiB L3 per 8
-  // cores on this CPU family: 4 MiB per thread) does not stay cached for its reader anyway,
-  // and streaming skips the read-for-ownership of every line, a third of the memory traffic
-  // (measured 1.2-1.4x on [8,144,56,56] and [8,32,112,112], forward and input gradient). Never
-  // into the scratch planes that are read back.
+  // Large outputs are written with non-temporal stores (output_streams: full, aligned
+  // vectors; the rest as usual). Never into the scratch planes that are read back.
   const int64_t out_bytes = p.batch * p.channels * job.dst_plane * int64_t(sizeof(float));
-  const bool stream =
-      !job.merge && out_bytes >= kStreamBytesPerThread * std::max(1, at::get_num_threads());
+  const bool stream = !job.merge && output_streams(out_bytes);
   for (SlotTable& tab : job.tables) tab.stream = stream;
   int64_t work = 0;
   for (const SlotTable& tab : job.tables) work += tab.slots * kLanes * tab.taps;

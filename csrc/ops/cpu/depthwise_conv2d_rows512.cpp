@@ -93,6 +93,19 @@ struct RowGeometry {
   int64_t src_h, src_w, dst_h, dst_w, pad_h, pad_w;
 };
 
+// Channel c's taps, each broadcast to a vector; returns its bias (or zero) broadcast, the
+// accumulators' start.
+template <int K>
+CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline __m512 channel_taps(const PlaneCorrelation& j,
+                                                                   int64_t c,
+                                                                   __m512 (&w)[K][K]) {
+#pragma GCC unroll 16
+  for (int kh = 0; kh < K; ++kh)
+#pragma GCC unroll 16
+    for (int kw = 0; kw < K; ++kw) w[kh][kw] = _mm512_set1_ps(j.taps[(c * K + kh) * K + kw]);
+  return _mm512_set1_ps(j.bias != nullptr ? j.bias[c] : 0.f);
+}
+
 // One column chunk of G vectors of planes of one channel: src[g] and dst[g] point at the
 // chunk's first column. With kPair (rows of at most 8) vector g holds two images' rows, plane
 // 2g in lanes 0-7 and plane 2g + 1 in lanes 8-15: two masked loads per vector, half the FMAs.
@@ -186,11 +199,7 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
   const RowGeometry geo{j.src_h, j.src_w, j.dst_h, j.dst_w, j.pad_h, j.pad_w};
   for (int64_t c = begin; c < end; ++c) {
     __m512 w[K][K];
-#pragma GCC unroll 16
-    for (int kh = 0; kh < K; ++kh)
-#pragma GCC unroll 16
-      for (int kw = 0; kw < K; ++kw) w[kh][kw] = _mm512_set1_ps(j.taps[(c * K + kh) * K + kw]);
-    const __m512 init = _mm512_set1_ps(j.bias != nullptr ? j.bias[c] : 0.f);
+    const __m512 init = channel_taps<K>(j, c, w);
     for (int64_t n = 0; n < j.batch;) {
       const int64_t count = std::min<int64_t>(kGroup, j.batch - n);
       // (masked loads do not train the hardware prefetchers: fetch the next channel's planes)
@@ -218,6 +227,93 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
         }
       }
       n += count;
+    }
+  }
+}
+
+// Wide rows (more than kMaxWidth outputs): one image at a time, B adjacent column chunks of
+// a row (a band) walking down the plane together, each with its own masks. The plane is read
+// once per band, row after row, instead of once per chunk (a chunk walk down a plane of 56 or
+// 112 columns reads every row's lines again for each chunk, and G planes of that size do not
+// stay in L1). dst and src point at the band's first column.
+template <int K, int B>
+CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_band(
+    float* dst, const float* src, const RowGeometry geo, const __m512 (&w)[K][K], __m512 init,
+    const uint16_t* mask, const uint16_t* valid) {
+  __m512 acc[B][K];
+  for (int b = 0; b < B; ++b)
+    for (int k = 0; k < K; ++k) acc[b][k] = init;
+  src -= geo.pad_h * geo.src_w + geo.pad_w;
+  const int64_t steps = geo.dst_h + K - 1, src_w = geo.src_w, dst_w = geo.dst_w;
+  const int64_t first = geo.pad_h, last = geo.pad_h + geo.src_h;  // steps with a source row
+  // (masked loads do not train the hardware prefetchers: fetch a few rows ahead)
+  constexpr int64_t kAhead = 4;
+  const int64_t band_bytes = B * kLanes * int64_t(sizeof(float));
+  for (int64_t s0 = 0; s0 < steps; s0 += K) {
+    unrolled<K>([&](auto step) CVOPS_AVX512_LAMBDA {
+      constexpr int u = decltype(step)::value;
+      const int64_t s = s0 + u;
+      if (s >= steps) return;
+      for (int b = 0; b < B; ++b) acc[b][u] = init;
+      if (s >= first && s < last) {
+        if (s + kAhead < last) {
+          const char* ahead = reinterpret_cast<const char*>(src + kAhead * src_w);
+          for (int64_t o = 0; o < band_bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+        }
+        unrolled<K>([&](auto column) CVOPS_AVX512_LAMBDA {
+          constexpr int kw = decltype(column)::value;
+          for (int b = 0; b < B; ++b) {
+            const __m512 v = _mm512_maskz_loadu_ps(mask[b * K + kw], src + b * kLanes + kw);
+            for (int kh = 0; kh < K; ++kh) {
+              __m512& a = acc[b][(u - kh + K) % K];
+              a = _mm512_fmadd_ps(w[kh][kw], v, a);
+            }
+          }
+        });
+      }
+      src += src_w;
+      if (s >= K - 1) {
+        for (int b = 0; b < B; ++b)
+          _mm512_mask_storeu_ps(dst + b * kLanes, valid[b], acc[b][(u + 1) % K]);
+        dst += dst_w;
+      }
+    });
+  }
+}
+
+// correlate_band for a band of `count` <= B chunks.
+template <int K, int B>
+CVOPS_TARGET_AVX512 void correlate_short_band(int64_t count, float* dst, const float* src,
+                                              const RowGeometry geo, const __m512 (&w)[K][K],
+                                              __m512 init, const uint16_t* mask,
+                                              const uint16_t* valid) {
+  if (count == B) {
+    correlate_band<K, B>(dst, src, geo, w, init, mask, valid);
+  } else if constexpr (B > 1) {
+    correlate_short_band<K, B - 1>(count, dst, src, geo, w, init, mask, valid);
+  }
+}
+
+template <int K, int B>
+CVOPS_TARGET_AVX512 void correlate_wide_channels(const PlaneCorrelation& j, const Columns& cols,
+                                                 int64_t begin, int64_t end) {
+  const int64_t src_plane = j.src_h * j.src_w, dst_plane = j.dst_h * j.dst_w;
+  const int64_t src_image = j.channels * src_plane, dst_image = j.channels * dst_plane;
+  const RowGeometry geo{j.src_h, j.src_w, j.dst_h, j.dst_w, j.pad_h, j.pad_w};
+  for (int64_t c = begin; c < end; ++c) {
+    __m512 w[K][K];
+    const __m512 init = channel_taps<K>(j, c, w);
+    for (int64_t n = 0; n < j.batch; ++n) {
+      const float* src = j.src + n * src_image + c * src_plane;
+      float* dst = j.dst + n * dst_image + c * dst_plane;
+      for (int64_t ch = 0; ch < cols.chunks; ch += B) {
+        const uint16_t* mask = cols.mask.data() + ch * K;
+        const uint16_t* valid = cols.valid.data() + ch;
+        const int64_t at = ch * kLanes;
+        // (the row's last band may be short)
+        correlate_short_band<K, B>(std::min<int64_t>(B, cols.chunks - ch), dst + at, src + at,
+                                   geo, w, init, mask, valid);
+      }
     }
   }
 }
@@ -365,7 +461,13 @@ bool rows512_applies(const PlaneCorrelation& j) {
 #if CVOPS_DW_ROWS512
   const bool square = j.kh_count == j.kw_count &&
                       (j.kh_count == 3 || j.kh_count == 5 || j.kh_count == 7);
-  return cpu_has_avx512() && square && j.dst_w <= kMaxWidth && j.dst_h > 0 && j.dst_w > 0;
+  if (!cpu_has_avx512() || !square || j.dst_h <= 0 || j.dst_w <= 0) return false;
+  if (j.dst_w <= kMaxWidth) return true;
+  // Wider rows: the band walk, 3x3 and 5x5, while the output is small enough to stay cached.
+  // A larger one the masked kernel writes with non-temporal stores, and it wins there
+  // ([8,144,56,56] 3x3 forward 430 us against 550-650; [2,144,56,56] 151 against 67).
+  const int64_t out_bytes = j.batch * j.channels * j.dst_h * j.dst_w * int64_t(sizeof(float));
+  return j.kh_count <= 5 && !output_streams(out_bytes);
 #else
   (void)j;
   return false;
@@ -409,6 +511,13 @@ void rows512_correlate(const PlaneCorrelation& j) {
   const int64_t work = j.batch * j.dst_h * cols.chunks * kLanes * j.kh_count * j.kw_count;
   at::parallel_for(0, j.channels, parallel_grain(work),
                    [&](int64_t begin, int64_t end) {
+                     if (j.dst_w > kMaxWidth) {
+                       if (j.kh_count == 3)
+                         correlate_wide_channels<3, 4>(j, cols, begin, end);
+                       else
+                         correlate_wide_channels<5, 2>(j, cols, begin, end);
+                       return;
+                     }
                      switch (j.kh_count) {
                        case 3: correlate_channels<3>(j, cols, begin, end); break;
                        case 5: correlate_channels<5>(j, cols, begin, end); break;
