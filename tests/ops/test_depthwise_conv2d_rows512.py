@@ -1,7 +1,7 @@
 """Depthwise conv2d CPU: the AVX-512 row kernels (float32, NCHW, stride 1, dilation 1, square
-kernels; outputs up to 32 wide, and wider ones for 3x3 and 5x5 while the output is not
-streamed), which the masked path tries first. The correlation (3x3, 5x5, 7x7) computes the
-forward and the input gradient (the output gradient correlated with the flipped taps, its
+kernels; rows up to 32 wide walk column chunks of several images, wider rows bands of chunks
+of one image), which the masked path tries first. The correlation (3x3, 5x5, 7x7) computes
+the forward and the input gradient (the output gradient correlated with the flipped taps, its
 padding mirrored: k - 1 - pad, negative when pad > k - 1); the weight gradient runs for 3x3.
 Checked against F.conv2d(groups=C) in float64, output and all gradients, over the groupings,
 column chunks and paddings the kernels must get right."""
@@ -43,7 +43,7 @@ ROWS = [
     ((3, 2, 6, 6), 3, 2),  # 6 wide, padding 2: the zero lanes exactly cover both ends
     ((3, 2, 5, 5), 3, 1),
     ((4, 2, 4, 4), 5, 2),  # 5x5 on 4 wide fits too (8 wide, or 5x5 on 7: masked loads)
-    # Rows wider than 32: one image at a time, bands of up to 4 (3x3) or 2 (5x5) chunks
+    # Rows wider than 32: one image at a time, bands of up to 4 (3x3) or 2 (5x5, 7x7) chunks
     # walking down the plane together, each chunk with its own masks.
     ((2, 3, 5, 33), 3, 1),  # 3 chunks, the last one column
     ((2, 2, 6, 64), 3, 1),  # one full band
@@ -54,6 +54,8 @@ ROWS = [
     ((2, 2, 5, 36), 3, (1, 3)),  # padding past k - 1: the input gradient's is negative
     ((2, 2, 6, 40), 5, 2),  # 5x5: a band of 2, then 1
     ((1, 2, 3, 70), 5, (2, 0)),  # 66 outputs: 2 + 2 + 1
+    ((2, 2, 9, 40), 7, 3),  # 7x7: a band of 2, then 1
+    ((1, 2, 5, 64), 7, (3, 1)),  # 7x7, 60 outputs: 2 + 2
 ]
 
 

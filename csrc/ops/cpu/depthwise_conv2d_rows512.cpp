@@ -240,6 +240,8 @@ template <int K, int B>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_band(
     float* dst, const float* src, const RowGeometry geo, const __m512 (&w)[K][K], __m512 init,
     const uint16_t* mask, const uint16_t* valid) {
+  // (at 7x7 the 49 taps do not fit in registers beside the accumulators: the FMAs read them
+  // from the stack, an L1 load each, still fewer loads than the masked kernel's)
   __m512 acc[B][K];
   for (int b = 0; b < B; ++b)
     for (int k = 0; k < K; ++k) acc[b][k] = init;
@@ -463,11 +465,13 @@ bool rows512_applies(const PlaneCorrelation& j) {
                       (j.kh_count == 3 || j.kh_count == 5 || j.kh_count == 7);
   if (!cpu_has_avx512() || !square || j.dst_h <= 0 || j.dst_w <= 0) return false;
   if (j.dst_w <= kMaxWidth) return true;
-  // Wider rows: the band walk, 3x3 and 5x5, while the output is small enough to stay cached.
-  // A larger one the masked kernel writes with non-temporal stores, and it wins there
-  // ([8,144,56,56] 3x3 forward 430 us against 550-650; [2,144,56,56] 151 against 67).
+  // Wider rows: the band walk. For 3x3 only while the output is small enough to stay cached:
+  // a larger one the masked kernel writes with non-temporal stores, and it wins there (3x3
+  // forward [8,144,56,56] 430 us against 550-650; [2,144,56,56] 151 against 67). 5x5 and 7x7
+  // have the loads to save at any size ([8,144,56,56] 5x5 940 -> 565-780 us, [8,96,56,56] 7x7
+  // 1200 -> 770-790, [2,96,56,56] 7x7 355 -> 190).
   const int64_t out_bytes = j.batch * j.channels * j.dst_h * j.dst_w * int64_t(sizeof(float));
-  return j.kh_count <= 5 && !output_streams(out_bytes);
+  return j.kh_count > 3 || !output_streams(out_bytes);
 #else
   (void)j;
   return false;
@@ -514,8 +518,10 @@ void rows512_correlate(const PlaneCorrelation& j) {
                      if (j.dst_w > kMaxWidth) {
                        if (j.kh_count == 3)
                          correlate_wide_channels<3, 4>(j, cols, begin, end);
-                       else
+                       else if (j.kh_count == 5)
                          correlate_wide_channels<5, 2>(j, cols, begin, end);
+                       else
+                         correlate_wide_channels<7, 2>(j, cols, begin, end);
                        return;
                      }
                      switch (j.kh_count) {

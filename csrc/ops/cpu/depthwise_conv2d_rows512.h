@@ -1,8 +1,10 @@
 // The depthwise CPU kernels' AVX-512 row kernels (float32, NCHW, stride 1, dilation 1,
-// square kernels, planes up to 32 wide): a source row's kw shifted vectors are loaded once and
-// serve the kh output rows that read it (see depthwise_conv2d_rows512.cpp). The masked path
-// (depthwise_conv2d_masked.cpp) tries them first: the correlation (3x3, 5x5, 7x7) for the
-// forward and the stride-1 input gradient, the weight gradient for 3x3.
+// square kernels): a source row's kw shifted vectors are loaded once and serve the kh output
+// rows that read it (see depthwise_conv2d_rows512.cpp). Rows up to 32 wide walk one 16-wide
+// column chunk of several images at a time; wider rows a band of chunks of one image. The
+// masked path (depthwise_conv2d_masked.cpp) tries them first: the correlation (3x3, 5x5,
+// 7x7) for the forward and the stride-1 input gradient, the weight gradient for 3x3 on rows
+// up to 32.
 #pragma once
 
 #include "ops/cpu/depthwise_conv2d_plane_correlation.h"
@@ -10,7 +12,7 @@
 namespace cvops {
 
 // Whether the row correlation runs a job (an AVX-512 CPU, a square 3x3/5x5/7x7 kernel and the
-// plane widths it is measured faster on: the rule is in the .cpp).
+// plane widths and sizes it is measured faster on: the rule is in the .cpp).
 bool rows512_applies(const PlaneCorrelation& job);
 
 // Computes every channel of every image.
