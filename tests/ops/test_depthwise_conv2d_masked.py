@@ -107,15 +107,20 @@ def test_without_avx512_the_other_paths_run():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_large_outputs_streamed(threads, stride):
-    # outputs of at least 4 MiB per thread are written with non-temporal stores
+@pytest.mark.parametrize(
+    "kernel, stride, size", [(3, 1, 128), (3, 1, 136), (5, 1, 136), (3, 2, 256)]
+)
+def test_large_outputs_streamed(threads, kernel, stride, size):
+    # Outputs of at least 4 MiB per thread are written with non-temporal stores (whole aligned
+    # vectors): 3x3 rows a multiple of 16 wide and 5x5 by the row kernels' band walk (128;
+    # 136 with a partial last chunk), other 3x3 rows by the masked kernel.
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        shape = (4, 32, 128 * stride, 128 * stride)
+        shape = (4, 32, size, size)
+        pad = kernel // 2
         check_against_conv2d(
-            shape, (3, 3), (stride, stride), (1, 1), (1, 1), 1, True, torch.float32
+            shape, (kernel, kernel), (stride, stride), (pad, pad), (1, 1), 1, True, torch.float32
         )
     finally:
         torch.set_num_threads(before)

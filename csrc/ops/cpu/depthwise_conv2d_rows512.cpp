@@ -239,7 +239,7 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
 template <int K, int B>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_band(
     float* dst, const float* src, const RowGeometry geo, const __m512 (&w)[K][K], __m512 init,
-    const uint16_t* mask, const uint16_t* valid) {
+    const uint16_t* mask, const uint16_t* valid, bool stream) {
   // (at 7x7 the 49 taps do not fit in registers beside the accumulators: the FMAs read them
   // from the stack, an L1 load each, still fewer loads than the masked kernel's)
   __m512 acc[B][K];
@@ -275,8 +275,13 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_band(
       }
       src += src_w;
       if (s >= K - 1) {
-        for (int b = 0; b < B; ++b)
-          _mm512_mask_storeu_ps(dst + b * kLanes, valid[b], acc[b][(u + 1) % K]);
+        for (int b = 0; b < B; ++b) {
+          float* out = dst + b * kLanes;
+          if (stream && valid[b] == 0xFFFF && (reinterpret_cast<uintptr_t>(out) & 63) == 0)
+            _mm512_stream_ps(out, acc[b][(u + 1) % K]);
+          else
+            _mm512_mask_storeu_ps(out, valid[b], acc[b][(u + 1) % K]);
+        }
         dst += dst_w;
       }
     });
@@ -288,11 +293,11 @@ template <int K, int B>
 CVOPS_TARGET_AVX512 void correlate_short_band(int64_t count, float* dst, const float* src,
                                               const RowGeometry geo, const __m512 (&w)[K][K],
                                               __m512 init, const uint16_t* mask,
-                                              const uint16_t* valid) {
+                                              const uint16_t* valid, bool stream) {
   if (count == B) {
-    correlate_band<K, B>(dst, src, geo, w, init, mask, valid);
+    correlate_band<K, B>(dst, src, geo, w, init, mask, valid, stream);
   } else if constexpr (B > 1) {
-    correlate_short_band<K, B - 1>(count, dst, src, geo, w, init, mask, valid);
+    correlate_short_band<K, B - 1>(count, dst, src, geo, w, init, mask, valid, stream);
   }
 }
 
@@ -302,6 +307,7 @@ CVOPS_TARGET_AVX512 void correlate_wide_channels(const PlaneCorrelation& j, cons
   const int64_t src_plane = j.src_h * j.src_w, dst_plane = j.dst_h * j.dst_w;
   const int64_t src_image = j.channels * src_plane, dst_image = j.channels * dst_plane;
   const RowGeometry geo{j.src_h, j.src_w, j.dst_h, j.dst_w, j.pad_h, j.pad_w};
+  const bool stream = output_streams(j.batch * j.channels * dst_plane * int64_t(sizeof(float)));
   for (int64_t c = begin; c < end; ++c) {
     __m512 w[K][K];
     const __m512 init = channel_taps<K>(j, c, w);
@@ -314,10 +320,11 @@ CVOPS_TARGET_AVX512 void correlate_wide_channels(const PlaneCorrelation& j, cons
         const int64_t at = ch * kLanes;
         // (the row's last band may be short)
         correlate_short_band<K, B>(std::min<int64_t>(B, cols.chunks - ch), dst + at, src + at,
-                                   geo, w, init, mask, valid);
+                                   geo, w, init, mask, valid, stream);
       }
     }
   }
+  if (stream) _mm_sfence();  // the streamed stores are visible before the op returns
 }
 
 // Images per group, by kernel size: enough accumulators in flight to hide the FMA latency,
@@ -465,13 +472,15 @@ bool rows512_applies(const PlaneCorrelation& j) {
                       (j.kh_count == 3 || j.kh_count == 5 || j.kh_count == 7);
   if (!cpu_has_avx512() || !square || j.dst_h <= 0 || j.dst_w <= 0) return false;
   if (j.dst_w <= kMaxWidth) return true;
-  // Wider rows: the band walk. For 3x3 only while the output is small enough to stay cached:
-  // a larger one the masked kernel writes with non-temporal stores, and it wins there (3x3
-  // forward [8,144,56,56] 430 us against 550-650; [2,144,56,56] 151 against 67). 5x5 and 7x7
+  // Wider rows: the band walk. It writes a large output (output_streams) with non-temporal
+  // stores where a whole chunk is a whole aligned line, which with rows a multiple of 16 wide
+  // is every full chunk. Other rows leave half their lines to ordinary stores; at 3x3 the
+  // masked kernel, streaming all of them, wins there (forward [8,144,56,56] 430 us against
+  // 500-650; [2,144,56,56] 151 against 67, [8,32,112,112] 360-395 against 215-320). 5x5 and 7x7
   // have the loads to save at any size ([8,144,56,56] 5x5 940 -> 565-780 us, [8,96,56,56] 7x7
   // 1200 -> 770-790, [2,96,56,56] 7x7 355 -> 190).
   const int64_t out_bytes = j.batch * j.channels * j.dst_h * j.dst_w * int64_t(sizeof(float));
-  return j.kh_count > 3 || !output_streams(out_bytes);
+  return j.kh_count > 3 || j.dst_w % kLanes == 0 || !output_streams(out_bytes);
 #else
   (void)j;
   return false;
