@@ -9,7 +9,10 @@
 // shifted vectors (masked loads, zero where the tap falls in the padding) are loaded once and
 // each feeds the K output rows that read it, held in a ring of K accumulators. That is K
 // loads and K * K FMAs per 16 outputs, FMA-bound. G images of one channel run together and
-// share the taps, which stay in registers.
+// share the taps, which stay in registers. Rows of at most 8 hold two images per vector, and
+// where such a pair fits 8 lanes with zero lanes to spare (3x3 on 7x7) one loaded row pair is
+// rotated into the K tap columns (rotation_fits). Rows wider than 32 are walked a band of
+// chunks of one image at a time (correlate_band).
 //
 // Measured on MobileNetV2's small planes (3x3, one thread, 2026-11-29): [8,384,14,14] 61 us
 // against 146 us for the channel-blocked correlation, [8,960,7,7] 70 us against 99 us.
