@@ -39,8 +39,8 @@ namespace {
 #if CVOPS_DW_ROWS512
 
 constexpr int64_t kLanes = 16;
-// Widest destination plane the row correlation takes (its outputs per row): it is measured
-// faster than the masked and channel-blocked kernels up to this width (see rows512_applies).
+// Widest row (outputs) the chunk walk takes (correlate_channels: column chunks of several
+// images at a time); wider rows take the band walk (correlate_band), see rows512_applies.
 constexpr int64_t kMaxWidth = 32;
 
 // Per call: the column chunks of the destination rows and each kernel column's load mask.
@@ -117,7 +117,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline __m512 channel_taps(const PlaneCo
 // s + K - 1. With kRotate (pairs whose rows fit with zero lanes to spare: rotation_fits) a
 // source row pair is loaded once, zero above each row, and each tap column's vector is that
 // vector rotated by kw - pad_w lanes: a read past a row's end or before its start lands on
-// zeros. Two loads and K - 1 rotations per row instead of 2K masked loads.
+// zeros. Two loads and K permutes per row pair instead of 2K masked loads.
 template <int K, int G, bool kPair, bool kRotate = false>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_chunk(
     float* const* dst_planes, const float* const* src_planes, const RowGeometry geo,
