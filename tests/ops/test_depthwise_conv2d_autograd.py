@@ -105,3 +105,21 @@ def conv_cases(draw):
 def test_property_matches_conv2d(case):
     shape, kernel, stride, padding, dilation, mult, bias, cl = case
     check_against_conv2d(shape, kernel, stride, padding, dilation, mult, bias, channels_last=cl)
+
+
+def test_autograd_only_where_a_gradient_is_wanted():
+    # With no input requiring a gradient, or under no_grad, the op skips its autograd node;
+    # any one of input, weight and bias requiring it gets the node and its gradient.
+    x, w, b = torch.randn(2, 3, 7, 7), torch.randn(3, 1, 3, 3), torch.randn(3)
+    assert cvops.depthwise_conv2d(x, w, b, 1, 1).grad_fn is None
+    for i in range(3):
+        args = [x.clone(), w.clone(), b.clone()]
+        args[i].requires_grad_()
+        with torch.no_grad():
+            assert not cvops.depthwise_conv2d(*args, 1, 1).requires_grad
+        out = cvops.depthwise_conv2d(*args, 1, 1)
+        assert out.grad_fn is not None
+        out.sum().backward()
+        want = [t.detach().double().requires_grad_(j == i) for j, t in enumerate(args)]
+        F.conv2d(*want, 1, 1, 1, 3).sum().backward()
+        torch.testing.assert_close(args[i].grad.double(), want[i].grad, rtol=1e-4, atol=1e-4)

@@ -106,6 +106,20 @@ at::Tensor depthwise_conv2d_autograd(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& bias,
                                      c10::IntArrayRef stride, c10::IntArrayRef padding,
                                      c10::IntArrayRef dilation) {
+  // No gradient wanted (inference, or inputs that do not require it): call the op below
+  // autograd directly. The autograd function would still build its node and save its
+  // arguments, ~1 us of a 7x7 layer's ~38 us forward.
+  const bool bias_grad = bias.has_value() && bias->defined() && bias->requires_grad();
+  if (!at::GradMode::is_enabled() ||
+      (!input.requires_grad() && !weight.requires_grad() && !bias_grad)) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cvops::depthwise_conv2d", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                           const std::optional<at::Tensor>&, c10::IntArrayRef,
+                                           c10::IntArrayRef, c10::IntArrayRef)>();
+    at::AutoDispatchBelowADInplaceOrView below;
+    return op.call(input, weight, bias, stride, padding, dilation);
+  }
   return DepthwiseConv2dFunction::apply(input, weight, bias, stride, padding, dilation);
 }
 
