@@ -228,6 +228,33 @@ def _register():
 
     # Double backward. Both backward ops are bilinear, and their derivatives are the three
     # kernels again: gradgradcheck passes at no extra kernel cost.
+    def input_grad_derivatives(grad, weight, gg_input, args, want_grad, want_weight):
+        """d/d(grad, weight) of _depthwise_conv2d_backward_input(grad, weight) against
+        gg_input (None where not wanted)."""
+        stride, padding, dilation = args
+        d_grad = d_weight = None
+        if want_grad:
+            d_grad = ops.depthwise_conv2d(gg_input, weight, None, stride, padding, dilation)
+        if want_weight:
+            d_weight, _ = ops._depthwise_conv2d_backward_weight(
+                grad, gg_input, weight.size(2), weight.size(3), stride, padding, dilation
+            )
+        return d_grad, d_weight
+
+    def weight_grad_derivatives(grad, input, gg_weight, gg_bias, args, want_grad, want_input):
+        """d/d(grad, input) of _depthwise_conv2d_backward_weight(grad, input) against
+        (gg_weight, gg_bias) (None where not wanted)."""
+        stride, padding, dilation = args
+        d_grad = d_input = None
+        if want_grad:
+            d_grad = ops.depthwise_conv2d(input, gg_weight, gg_bias, stride, padding, dilation)
+        if want_input:
+            n, c, h, w = input.shape
+            d_input = ops._depthwise_conv2d_backward_input(
+                grad, gg_weight, n, c, h, w, stride, padding, dilation
+            )
+        return d_grad, d_input
+
     def setup_bw_input(ctx, inputs, output):
         grad, weight = inputs[:2]
         ctx.save_for_backward(grad, weight)
@@ -235,14 +262,9 @@ def _register():
 
     def backward_bw_input(ctx, gg_input):
         grad, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.args
-        d_grad = d_weight = None
-        if ctx.needs_input_grad[0]:
-            d_grad = ops.depthwise_conv2d(gg_input, weight, None, stride, padding, dilation)
-        if ctx.needs_input_grad[1]:
-            d_weight, _ = ops._depthwise_conv2d_backward_weight(
-                grad, gg_input, weight.size(2), weight.size(3), stride, padding, dilation
-            )
+        d_grad, d_weight = input_grad_derivatives(
+            grad, weight, gg_input, ctx.args, *ctx.needs_input_grad[:2]
+        )
         return (d_grad, d_weight) + (None,) * 7
 
     torch.library.register_autograd(
@@ -252,22 +274,16 @@ def _register():
     def setup_bw_weight(ctx, inputs, output):
         grad, input, kernel_h, kernel_w, stride, padding, dilation = inputs
         ctx.save_for_backward(grad, input)
-        ctx.args = (kernel_h, kernel_w, stride, padding, dilation)
+        ctx.kernel = (kernel_h, kernel_w)
+        ctx.args = (stride, padding, dilation)
 
     def backward_bw_weight(ctx, gg_weight, gg_bias):
         grad, input = ctx.saved_tensors
-        kernel_h, kernel_w, stride, padding, dilation = ctx.args
-        c_out = grad.size(1)
         if gg_weight is None:
-            gg_weight = grad.new_zeros((c_out, 1, kernel_h, kernel_w))
-        d_grad = d_input = None
-        if ctx.needs_input_grad[0]:
-            d_grad = ops.depthwise_conv2d(input, gg_weight, gg_bias, stride, padding, dilation)
-        if ctx.needs_input_grad[1]:
-            n, c, h, w = input.shape
-            d_input = ops._depthwise_conv2d_backward_input(
-                grad, gg_weight, n, c, h, w, stride, padding, dilation
-            )
+            gg_weight = grad.new_zeros((grad.size(1), 1, *ctx.kernel))
+        d_grad, d_input = weight_grad_derivatives(
+            grad, input, gg_weight, gg_bias, ctx.args, *ctx.needs_input_grad[:2]
+        )
         return (d_grad, d_input) + (None,) * 5
 
     torch.library.register_autograd(
@@ -284,30 +300,26 @@ def _register():
 
     def backward_bw_both(ctx, gg_input, gg_weight, gg_bias):
         grad, input, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.args
-        d_grad = d_input = d_weight = None
-        if ctx.needs_input_grad[0]:
-            parts = []
-            if gg_input is not None:
-                parts.append(
-                    ops.depthwise_conv2d(gg_input, weight, None, stride, padding, dilation)
-                )
-            if gg_weight is not None or gg_bias is not None:
-                if gg_weight is None:
-                    gg_weight = torch.zeros_like(weight)
-                parts.append(
-                    ops.depthwise_conv2d(input, gg_weight, gg_bias, stride, padding, dilation)
-                )
-            d_grad = sum(parts) if parts else None
-        if ctx.needs_input_grad[1] and gg_weight is not None:
-            n, c, h, w = input.shape
-            d_input = ops._depthwise_conv2d_backward_input(
-                grad, gg_weight, n, c, h, w, stride, padding, dilation
+        want_grad, want_input, want_weight = ctx.needs_input_grad[:3]
+        parts, d_input, d_weight = [], None, None
+        if gg_input is not None:
+            d_grad, d_weight = input_grad_derivatives(
+                grad, weight, gg_input, ctx.args, want_grad, want_weight
             )
-        if ctx.needs_input_grad[2] and gg_input is not None:
-            d_weight, _ = ops._depthwise_conv2d_backward_weight(
-                grad, gg_input, weight.size(2), weight.size(3), stride, padding, dilation
+            parts.append(d_grad)
+        if gg_weight is not None or gg_bias is not None:
+            d_grad, d_input = weight_grad_derivatives(
+                grad,
+                input,
+                torch.zeros_like(weight) if gg_weight is None else gg_weight,
+                gg_bias,
+                ctx.args,
+                want_grad,
+                want_input and gg_weight is not None,
             )
+            parts.append(d_grad)
+        parts = [p for p in parts if p is not None]
+        d_grad = sum(parts) if parts else None
         return d_grad, d_input, d_weight, None, None, None
 
     torch.library.register_autograd(

@@ -24,19 +24,25 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The forward op's handle, for calls below autograd.
+using ForwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&,
+                                    const std::optional<at::Tensor>&, c10::IntArrayRef,
+                                    c10::IntArrayRef, c10::IntArrayRef);
+const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("cvops::depthwise_conv2d", "")
+                             .typed<ForwardSignature>();
+  return op;
+}
+
 class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             c10::IntArrayRef stride, c10::IntArrayRef padding,
                             c10::IntArrayRef dilation) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("cvops::depthwise_conv2d", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                           const std::optional<at::Tensor>&, c10::IntArrayRef,
-                                           c10::IntArrayRef, c10::IntArrayRef)>();
     at::AutoDispatchBelowADInplaceOrView below;
-    at::Tensor output = op.call(input, weight, bias, stride, padding, dilation);
+    at::Tensor output = forward_op().call(input, weight, bias, stride, padding, dilation);
     ctx->save_for_backward({input, weight});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["stride"] = stride.vec();
@@ -112,13 +118,8 @@ at::Tensor depthwise_conv2d_autograd(const at::Tensor& input, const at::Tensor& 
   const bool bias_grad = bias.has_value() && bias->defined() && bias->requires_grad();
   if (!at::GradMode::is_enabled() ||
       (!input.requires_grad() && !weight.requires_grad() && !bias_grad)) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("cvops::depthwise_conv2d", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                           const std::optional<at::Tensor>&, c10::IntArrayRef,
-                                           c10::IntArrayRef, c10::IntArrayRef)>();
     at::AutoDispatchBelowADInplaceOrView below;
-    return op.call(input, weight, bias, stride, padding, dilation);
+    return forward_op().call(input, weight, bias, stride, padding, dilation);
   }
   return DepthwiseConv2dFunction::apply(input, weight, bias, stride, padding, dilation);
 }

@@ -366,6 +366,9 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Col
   for (int kh = 0; kh < K; ++kh)
 #pragma GCC unroll 16
     for (int kw = 0; kw < K; ++kw) acc[kh][kw] = _mm512_setzero_ps();
+  __m512i rotate[K];  // with kRotate: input column l + kw - pad_w into lane l
+#pragma GCC unroll 16
+  for (int kw = 0; kw < K; ++kw) rotate[kw] = rotation(kw - j.pad_w);
   for (int64_t n = 0; n < j.batch; n += P) {
     const bool both = kPair && n + 1 < j.batch;
     const float* g_base = j.grad + n * g_image + c * g_plane;
@@ -394,9 +397,6 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Col
         gp[i] = g_base + i * g_image + ch * kLanes - 8 * i;
         xp[i] = x_base + i * x_image + ch * kLanes - j.pad_h * x_w - j.pad_w - 8 * i;
       }
-      __m512i rotate[K];
-#pragma GCC unroll 16
-      for (int kw = 0; kw < K; ++kw) rotate[kw] = rotation(kw - j.pad_w);
       const __mmask16 row_mask[2] = {lanes_below(j.input_w),
                                      static_cast<__mmask16>(both ? lanes_below(j.input_w) << 8
                                                                  : 0)};
