@@ -7,6 +7,8 @@
 #if defined(__x86_64__) && CVOPS_HAS_AVX2_TARGET
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -48,6 +50,24 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline __m512i rotation(int64_t by) {
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   return _mm512_and_si512(_mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int>(by))),
                           _mm512_set1_epi32(15));
+}
+
+// Copies n floats from src to dst, the whole 64-byte lines of dst with non-temporal stores
+// and the partial lines at either end with masked ordinary ones. src must sit at the same
+// offset within a line as dst (a scratch copy placed to match), so its loads are aligned.
+CVOPS_TARGET_AVX512 inline void stream_floats(float* dst, const float* src, int64_t n) {
+  const int64_t head =
+      std::min<int64_t>(n, ((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63) / 4);
+  if (head > 0) {
+    const __mmask16 m = lanes_below(head);
+    _mm512_mask_storeu_ps(dst, m, _mm512_maskz_loadu_ps(m, src));
+  }
+  int64_t i = head;
+  for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_load_ps(src + i));
+  if (i < n) {
+    const __mmask16 m = lanes_below(n - i);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+  }
 }
 
 }  // namespace cvops

@@ -108,12 +108,14 @@ def test_without_avx512_the_other_paths_run():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
-    "kernel, stride, size", [(3, 1, 128), (3, 1, 136), (5, 1, 136), (3, 2, 256)]
+    "kernel, stride, size",
+    [(3, 1, 128), (3, 1, 136), (5, 1, 136), (3, 1, 130), (7, 1, 130), (3, 2, 256)],
 )
 def test_large_outputs_streamed(threads, kernel, stride, size):
     # Outputs of at least 4 MiB per thread are written with non-temporal stores (whole aligned
-    # vectors): 3x3 rows a multiple of 16 wide and 5x5 by the row kernels' band walk (128;
-    # 136 with a partial last chunk), other 3x3 rows by the masked kernel.
+    # lines). The row kernels' band walk streams rows a multiple of 16 wide in place (128) and
+    # stages other rows in a scratch plane first (136; 130, whose planes start at every offset
+    # within a line, so the copy has partial lines at both ends).
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

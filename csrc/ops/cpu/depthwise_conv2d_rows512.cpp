@@ -311,20 +311,31 @@ CVOPS_TARGET_AVX512 void correlate_wide_channels(const PlaneCorrelation& j, cons
   const int64_t src_image = j.channels * src_plane, dst_image = j.channels * dst_plane;
   const RowGeometry geo{j.src_h, j.src_w, j.dst_h, j.dst_w, j.pad_h, j.pad_w};
   const bool stream = output_streams(j.batch * j.channels * dst_plane * int64_t(sizeof(float)));
+  // A large output whose rows are not whole lines (56 wide: every other row starts mid-line)
+  // is staged: each plane is computed into a scratch plane at the same offset within a line,
+  // still in L1, and streamed out whole lines at a time (stream_floats). Streaming the chunks
+  // in place would leave half of such lines to ordinary stores and their reads for ownership.
+  const bool staged = stream && j.dst_w % kLanes != 0;
+  VecBuffer<__m512> scratch(staged ? dst_plane / kLanes + 2 : 0);
   for (int64_t c = begin; c < end; ++c) {
     __m512 w[K][K];
     const __m512 init = channel_taps<K>(j, c, w);
     for (int64_t n = 0; n < j.batch; ++n) {
       const float* src = j.src + n * src_image + c * src_plane;
       float* dst = j.dst + n * dst_image + c * dst_plane;
+      float* out = dst;
+      if (staged)
+        out = reinterpret_cast<float*>(scratch.data()) +
+              (reinterpret_cast<uintptr_t>(dst) & 63) / sizeof(float);
       for (int64_t ch = 0; ch < cols.chunks; ch += B) {
         const uint16_t* mask = cols.mask.data() + ch * K;
         const uint16_t* valid = cols.valid.data() + ch;
         const int64_t at = ch * kLanes;
         // (the row's last band may be short)
-        correlate_short_band<K, B>(std::min<int64_t>(B, cols.chunks - ch), dst + at, src + at,
-                                   geo, w, init, mask, valid, stream);
+        correlate_short_band<K, B>(std::min<int64_t>(B, cols.chunks - ch), out + at, src + at,
+                                   geo, w, init, mask, valid, stream && !staged);
       }
+      if (staged) stream_floats(dst, out, dst_plane);
     }
   }
   if (stream) _mm_sfence();  // the streamed stores are visible before the op returns
@@ -473,17 +484,12 @@ bool rows512_applies(const PlaneCorrelation& j) {
 #if CVOPS_DW_ROWS512
   const bool square = j.kh_count == j.kw_count &&
                       (j.kh_count == 3 || j.kh_count == 5 || j.kh_count == 7);
-  if (!cpu_has_avx512() || !square || j.dst_h <= 0 || j.dst_w <= 0) return false;
-  if (j.dst_w <= kMaxWidth) return true;
-  // Wider rows: the band walk. It writes a large output (output_streams) with non-temporal
-  // stores where a whole chunk is a whole aligned line, which with rows a multiple of 16 wide
-  // is every full chunk. Other rows leave half their lines to ordinary stores; at 3x3 the
-  // masked kernel, streaming all of them, wins there (forward [8,144,56,56] 430 us against
-  // 500-650; [2,144,56,56] 151 against 67, [8,32,112,112] 360-395 against 215-320). 5x5 and 7x7
-  // have the loads to save at any size ([8,144,56,56] 5x5 940 -> 565-780 us, [8,96,56,56] 7x7
-  // 1200 -> 770-790, [2,96,56,56] 7x7 355 -> 190).
-  const int64_t out_bytes = j.batch * j.channels * j.dst_h * j.dst_w * int64_t(sizeof(float));
-  return j.kh_count > 3 || j.dst_w % kLanes == 0 || !output_streams(out_bytes);
+  // Rows wider than kMaxWidth take the band walk, which beats the masked kernel at every width
+  // measured: a large output is streamed out whole lines at a time, staged when its rows are
+  // not whole lines (forward [8,144,56,56] 415 -> 325 us, two threads, same process; 5x5 and
+  // 7x7 have the loads to save at any size: [8,144,56,56] 5x5 940 -> 565-780 us,
+  // [8,96,56,56] 7x7 1200 -> 770-790).
+  return cpu_has_avx512() && square && j.dst_h > 0 && j.dst_w > 0;
 #else
   (void)j;
   return false;

@@ -11,8 +11,7 @@
 
 namespace cvops {
 
-// Whether the row correlation runs a job (an AVX-512 CPU, a square 3x3/5x5/7x7 kernel and the
-// plane widths and sizes it is measured faster on: the rule is in the .cpp).
+// Whether the row correlation runs a job: an AVX-512 CPU and a square 3x3/5x5/7x7 kernel.
 bool rows512_applies(const PlaneCorrelation& job);
 
 // Computes every channel of every image.
