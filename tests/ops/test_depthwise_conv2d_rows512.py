@@ -44,7 +44,8 @@ ROWS = [
     ((3, 2, 5, 5), 3, 1),
     ((4, 2, 4, 4), 5, 2),  # 5x5 on 4 wide fits too (8 wide, or 5x5 on 7: masked loads)
     # Rows wider than 32: one image at a time, bands of up to 4 (3x3) or 2 (5x5, 7x7) chunks
-    # walking down the plane together, each chunk with its own masks.
+    # walking down the plane together, each chunk with its own masks; the 3x3 weight
+    # gradient too while one band covers the row (up to 64 wide).
     ((2, 3, 5, 33), 3, 1),  # 3 chunks, the last one column
     ((2, 2, 6, 64), 3, 1),  # one full band
     ((2, 2, 4, 65), 3, 1),  # a band of 4, then a band of 1
@@ -67,14 +68,15 @@ def test_matches_conv2d(case, bias):
     check_against_conv2d(shape, (kernel, kernel), (1, 1), pad, (1, 1), 1, bias, torch.float32)
 
 
-def test_weight_gradient_has_no_product_with_rows_outside_the_gradient():
+@pytest.mark.parametrize("width", [7, 40])  # 40: the band walk of rows wider than 32
+def test_weight_gradient_has_no_product_with_rows_outside_the_gradient(width):
     # Kernel row 2 reads input row 0 only for output row -1, and kernel row 0 reads input
     # row 6 only for output row 7: the true sums have no such terms, so an infinite input
     # row there leaves those kernel rows' gradients finite.
     for row, finite_kernel_row in ((0, 2), (6, 0)):
-        x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+        x = torch.randn(2, 3, 7, width, dtype=torch.float64)
         x[:, :, row] = float("inf")
-        g = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+        g = torch.randn(2, 3, 7, width, dtype=torch.float64)
         check_weight_grad_with_infinities(x, g, 1, 1, (slice(None), 0, finite_kernel_row))
 
 

@@ -42,6 +42,9 @@ constexpr int64_t kLanes = 16;
 // Widest row (outputs) the chunk walk takes (correlate_channels: column chunks of several
 // images at a time); wider rows take the band walk (correlate_band), see rows512_applies.
 constexpr int64_t kMaxWidth = 32;
+// Column chunks per band of the 3x3 band walks (correlate_band, weight_grad_band): with the
+// ring of 3 rows per chunk, 4 chunks fill the registers.
+constexpr int kBandChunks3x3 = 4;
 
 // Per call: the column chunks of the destination rows and each kernel column's load mask.
 struct Columns {
@@ -355,6 +358,19 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
     correlate_channels<K, G, true, false>(j, cols, begin, end);
 }
 
+// Channel c's weight and bias gradient: the accumulators' lanes summed (sum_lanes).
+template <int K>
+CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void store_channel_sums(
+    const PlaneWeightGrad& j, int64_t c, const __m512 (&acc)[K][K], __m512 acc_bias) {
+  float* res = j.result + c * (K * K + 1);
+  // (unrolled, like every loop over acc: a run-time index would keep acc in memory)
+#pragma GCC unroll 16
+  for (int kh = 0; kh < K; ++kh)
+#pragma GCC unroll 16
+    for (int kw = 0; kw < K; ++kw) res[kh * K + kw] = sum_lanes(acc[kh][kw]);
+  res[K * K] = sum_lanes(acc_bias);
+}
+
 // The weight gradient of one channel, 3x3: walking down the input plane as the correlation
 // does, step s loads output-gradient row s into a ring of the last K rows and input row
 // s - pad_h as K shifted vectors; tap (kh, kw) accumulates gradient row s - kh times shifted
@@ -467,13 +483,109 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Col
       }
     }
   }
-  float* res = j.result + c * (K * K + 1);
-  // (unrolled, like every loop over acc: a run-time index would keep acc in memory)
+  store_channel_sums<K>(j, c, acc, acc_bias);
+}
+
+// The weight gradient of one channel for rows wider than kMaxWidth (up to one band), 3x3:
+// one image at a time, a band of B adjacent column chunks walks down the planes together (as
+// correlate_band does), so each row's lines are read once, not once per chunk. Step s loads
+// the band's gradient row s into each chunk's ring of the last K rows and input row s - pad_h
+// as K shifted vectors per chunk; tap (kh, kw) accumulates gradient row s - kh times the
+// shifted vector kw of every chunk, in chunk order. Images, bands, steps and chunks run in a
+// fixed order, so the sums do not depend on the thread count.
+template <int K, int B>
+CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void weight_grad_band(
+    __m512 (&acc)[K][K], __m512& acc_bias, const float* gp, const float* xp,
+    const PlaneWeightGrad& j, const uint16_t* mask, const uint16_t* valid) {
+  const int64_t g_w = j.grad_w, x_w = j.input_w, grad_h = j.grad_h;
+  const int64_t steps = grad_h + K - 1, first = j.pad_h, last = j.pad_h + j.input_h;
+  xp -= j.pad_h * x_w + j.pad_w;
+  // (masked loads do not train the hardware prefetchers: fetch a few rows ahead)
+  constexpr int64_t kAhead = 4;
+  const int64_t band_bytes = B * kLanes * int64_t(sizeof(float));
+  __m512 ring[B][K];
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) ring[b][k] = _mm512_setzero_ps();
+  for (int64_t s = 0; s < steps; ++s) {
+    // ring[b][k]: chunk b's gradient row s - k (zero outside the gradient, and then not used)
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) {
+#pragma GCC unroll 16
+      for (int k = K - 1; k > 0; --k) ring[b][k] = ring[b][k - 1];
+      ring[b][0] = _mm512_setzero_ps();
+    }
+    if (s < grad_h) {
+      if (s + kAhead < grad_h) {
+        const char* ahead = reinterpret_cast<const char*>(gp + kAhead * g_w);
+        for (int64_t o = 0; o < band_bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+      }
+#pragma GCC unroll 16
+      for (int b = 0; b < B; ++b) {
+        ring[b][0] = _mm512_maskz_loadu_ps(valid[b], gp + b * kLanes);
+        acc_bias = _mm512_add_ps(acc_bias, ring[b][0]);
+      }
+      gp += g_w;
+    }
+    if (s >= first && s < last) {
+      if (s + kAhead < last) {
+        const char* ahead = reinterpret_cast<const char*>(xp + kAhead * x_w);
+        for (int64_t o = 0; o < band_bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+      }
+      // Only gradient rows that exist, kh in [lo, hi]: 0 * an infinite input would be a NaN
+      // that the true sum does not have.
+      const int64_t lo = std::max<int64_t>(0, s - grad_h + 1);
+      const int64_t hi = std::min<int64_t>(K - 1, s);
+#pragma GCC unroll 16
+      for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+        for (int kw = 0; kw < K; ++kw) {
+          const __m512 v = _mm512_maskz_loadu_ps(mask[b * K + kw], xp + b * kLanes + kw);
+#pragma GCC unroll 16
+          for (int kh = 0; kh < K; ++kh)
+            if (kh >= lo && kh <= hi) acc[kh][kw] = _mm512_fmadd_ps(ring[b][kh], v, acc[kh][kw]);
+        }
+    }
+    xp += x_w;  // input row s - pad_h + 1 next
+  }
+}
+
+// weight_grad_band for a band of `count` <= B chunks.
+template <int K, int B>
+CVOPS_TARGET_AVX512 void weight_grad_short_band(int64_t count, __m512 (&acc)[K][K],
+                                                __m512& acc_bias, const float* gp,
+                                                const float* xp, const PlaneWeightGrad& j,
+                                                const uint16_t* mask, const uint16_t* valid) {
+  if (count == B) {
+    weight_grad_band<K, B>(acc, acc_bias, gp, xp, j, mask, valid);
+  } else if constexpr (B > 1) {
+    weight_grad_short_band<K, B - 1>(count, acc, acc_bias, gp, xp, j, mask, valid);
+  }
+}
+
+template <int K, int B>
+CVOPS_TARGET_AVX512 void weight_grad_wide_channel(const PlaneWeightGrad& j, const Columns& cols,
+                                                  int64_t c) {
+  const int64_t g_plane = j.grad_h * j.grad_w, x_plane = j.input_h * j.input_w;
+  const int64_t g_image = j.channels * g_plane, x_image = j.channels * x_plane;
+  __m512 acc[K][K], acc_bias = _mm512_setzero_ps();
 #pragma GCC unroll 16
   for (int kh = 0; kh < K; ++kh)
 #pragma GCC unroll 16
-    for (int kw = 0; kw < K; ++kw) res[kh * K + kw] = sum_lanes(acc[kh][kw]);
-  res[K * K] = sum_lanes(acc_bias);
+    for (int kw = 0; kw < K; ++kw) acc[kh][kw] = _mm512_setzero_ps();
+  for (int64_t n = 0; n < j.batch; ++n) {
+    const float* g_base = j.grad + n * g_image + c * g_plane;
+    const float* x_base = j.input + n * x_image + c * x_plane;
+    for (int64_t ch = 0; ch < cols.chunks; ch += B) {
+      const int64_t at = ch * kLanes;
+      // (the row's last band may be short)
+      weight_grad_short_band<K, B>(std::min<int64_t>(B, cols.chunks - ch), acc, acc_bias,
+                                   g_base + at, x_base + at, j, cols.mask.data() + ch * K,
+                                   cols.valid.data() + ch);
+    }
+  }
+  store_channel_sums<K>(j, c, acc, acc_bias);
 }
 
 #endif  // CVOPS_DW_ROWS512
@@ -498,8 +610,14 @@ bool rows512_applies(const PlaneCorrelation& j) {
 
 bool rows512_weight_grad_applies(const PlaneWeightGrad& j) {
 #if CVOPS_DW_ROWS512
-  return cpu_has_avx512() && j.kernel == 3 && j.grad_w <= kMaxWidth && j.grad_h > 0 &&
-         j.grad_w > 0;
+  // Rows wider than kMaxWidth: the band walk while one band covers a row (each line read
+  // once). Wider rows take several bands, each reading the planes again; the masked kernel
+  // wins there ([8,32,112,112] 480 against 540 us, [8,16,200,200] 880 against 2090). Measured
+  // against the masked kernel, two threads, alternated in one process: [8,32,56,56] 137 ->
+  // 80 us, [8,64,64,64] 303 -> 172, [8,144,48,48] 493 -> 367; [8,144,56,56] ~610 both
+  // (reading 29 MB from memory).
+  return cpu_has_avx512() && j.kernel == 3 && j.grad_h > 0 && j.grad_w > 0 &&
+         j.grad_w <= kBandChunks3x3 * kLanes;
 #else
   (void)j;
   return false;
@@ -514,7 +632,9 @@ void rows512_weight_grad(const PlaneWeightGrad& j) {
   const bool rotated = paired && rotation_fits(j.grad_w, j.input_w, j.kernel, j.pad_w);
   at::parallel_for(0, j.channels, parallel_grain(work), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      if (rotated)
+      if (j.grad_w > kMaxWidth)
+        weight_grad_wide_channel<3, kBandChunks3x3>(j, cols, c);
+      else if (rotated)
         weight_grad_channel<3, true, true>(j, cols, c);
       else if (paired)
         weight_grad_channel<3, true, false>(j, cols, c);
@@ -535,7 +655,7 @@ void rows512_correlate(const PlaneCorrelation& j) {
                    [&](int64_t begin, int64_t end) {
                      if (j.dst_w > kMaxWidth) {
                        if (j.kh_count == 3)
-                         correlate_wide_channels<3, 4>(j, cols, begin, end);
+                         correlate_wide_channels<3, kBandChunks3x3>(j, cols, begin, end);
                        else if (j.kh_count == 5)
                          correlate_wide_channels<5, 2>(j, cols, begin, end);
                        else

@@ -4,7 +4,7 @@
 // column chunk of several images at a time; wider rows a band of chunks of one image. The
 // masked path (depthwise_conv2d_masked.cpp) tries them first: the correlation (3x3, 5x5,
 // 7x7) for the forward and the stride-1 input gradient, the weight gradient for 3x3 on rows
-// up to 32.
+// up to 64.
 #pragma once
 
 #include "ops/cpu/depthwise_conv2d_plane_correlation.h"
@@ -31,8 +31,7 @@ struct PlaneWeightGrad {
   float* result;
 };
 
-// Whether rows512_weight_grad runs a job (an AVX-512 CPU, a 3x3 kernel, the same widths as the
-// correlation).
+// Whether rows512_weight_grad runs a job: an AVX-512 CPU, a 3x3 kernel, rows up to 64 wide.
 bool rows512_weight_grad_applies(const PlaneWeightGrad& job);
 
 // Each channel's sums in a fixed order (images, then rows, then lanes), the same for any
