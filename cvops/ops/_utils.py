@@ -10,6 +10,8 @@ BoxesArg = Union[Tensor, Sequence[Tensor]]
 
 def pair(value, name: str) -> Tuple[int, int]:
     """An int or a pair of ints as (h, w); rejects anything else by name."""
+    if type(value) is int:  # the common case first: per-call overhead of small ops
+        return value, value
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise ValueError("%s must be an int or a pair of ints, got %r" % (name, value))

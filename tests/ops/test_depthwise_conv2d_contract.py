@@ -37,6 +37,7 @@ def _args(**over):
         (dict(padding=-1), ValueError, "padding must be non-negative"),
         (dict(stride=(1, 2, 3)), ValueError, "stride must be an int or a pair"),
         (dict(stride=1.5), TypeError, "stride must be an int or a pair"),
+        (dict(padding=True), TypeError, "padding must be an int or a pair"),  # not an int
         (dict(weight=torch.randn(4, 1, 3, 3).double()), TypeError, "same dtype"),
         (dict(bias=torch.randn(4).double()), TypeError, "same dtype"),
         (dict(bias=torch.randn(5)), ValueError, "bias of shape"),
