@@ -7,6 +7,9 @@
 // On the project's 2-core VM (Zen 5), 2026-11-29 05:05 UTC, one thread: H=14, C=384: 61 us
 // per call, 84 cycles per plane (66 with C=32, in L2); H=7, C=960: 70-74 us, 38-41 cycles per
 // plane (29 with C=64). cvops' channel-blocked kernel took 146 us and 99 us for the same.
+// It models the walk as first written: cvops now rotates one loaded row pair into the three
+// shifted vectors where rows fit 8 lanes with zeros to spare (7x7; rotation_fits), which this
+// model does not.
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
