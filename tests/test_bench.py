@@ -1,7 +1,8 @@
-"""The benchmark command (python -m cvops.bench): one small case end to end, and the opt-in
-fixed malloc thresholds recorded in its JSON."""
+"""The benchmark command (python -m cvops.bench): one small case end to end, the opt-in
+fixed malloc thresholds recorded in its JSON, and its page-fault counts."""
 
 import json
+import mmap
 import os
 import platform
 
@@ -28,8 +29,32 @@ def test_bench_runs_a_case_and_records_malloc(tmp_path, fixed):
         saved = json.load(f)
     assert [r["case"] for r in saved["results"]] == [CASE, CASE + "+bwd"]
     assert all(r["cvops_ms"] > 0 and r["reference_ms"] > 0 for r in saved["results"])
+    if platform.system() == "Linux":  # page faults per call, counted on CPU
+        assert all(r["cvops_faults"] >= 0 and r["reference_faults"] >= 0 for r in saved["results"])
     malloc = saved["meta"]["malloc"]
     if not fixed:
         assert malloc == "glibc defaults"
     elif platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert malloc.startswith("fixed: glibc mmap threshold 32 MiB")
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="counts page faults on Linux")
+def test_fault_counter_counts_first_writes_to_fresh_pages():
+    from cvops.bench.harness import FaultCounter
+
+    pages = 256
+
+    def write_fresh_pages():
+        with mmap.mmap(-1, pages * mmap.PAGESIZE) as m:
+            for i in range(0, len(m), mmap.PAGESIZE):
+                m[i] = 1
+
+    def reuse():
+        return sum(range(1000))
+
+    # (calls are estimated from the median call time: a few percent either way)
+    for fn, lo, hi in ((write_fresh_pages, 0.8 * pages, 2 * pages), (reuse, 0, 1)):
+        counter = FaultCounter()
+        times = counter.time(fn, "cpu", 1, 0.01)
+        per_call = counter.per_call(sorted(times)[len(times) // 2])
+        assert lo <= per_call < hi

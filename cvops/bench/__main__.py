@@ -30,8 +30,14 @@ def _machine(device):
     return "%s, %d threads" % (cpu, torch.get_num_threads())
 
 
+def _faults(r):
+    if r.cvops_faults is None or r.reference_faults is None:
+        return "-"
+    return "%.0f/%.0f" % (r.cvops_faults, r.reference_faults)
+
+
 def _table(results):
-    head = "%-10s %-48s %-6s %-8s %10s %11s %8s  %s" % (
+    head = "%-10s %-48s %-6s %-8s %10s %11s %8s %13s  %s" % (
         "op",
         "case",
         "device",
@@ -39,13 +45,24 @@ def _table(results):
         "cvops ms",
         "ref ms",
         "speedup",
+        "faults/call",
         "reference",
     )
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            "%-10s %-48s %-6s %-8s %10.2f %11.2f %7.2fx  %s"
-            % (r.op, r.case, r.device, r.dtype, r.cvops_ms, r.reference_ms, r.speedup, r.reference)
+            "%-10s %-48s %-6s %-8s %10.2f %11.2f %7.2fx %13s  %s"
+            % (
+                r.op,
+                r.case,
+                r.device,
+                r.dtype,
+                r.cvops_ms,
+                r.reference_ms,
+                r.speedup,
+                _faults(r),
+                r.reference,
+            )
         )
     return "\n".join(lines)
 
