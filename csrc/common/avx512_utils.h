@@ -57,7 +57,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline __m512i rotation(int64_t by) {
 // offset within a line as dst (a scratch copy placed to match), so its loads are aligned.
 CVOPS_TARGET_AVX512 inline void stream_floats(float* dst, const float* src, int64_t n) {
   const int64_t head =
-      std::min<int64_t>(n, ((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63) / 4);
+      std::min<int64_t>(n, ((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63) / sizeof(float));
   if (head > 0) {
     const __mmask16 m = lanes_below(head);
     _mm512_mask_storeu_ps(dst, m, _mm512_maskz_loadu_ps(m, src));
