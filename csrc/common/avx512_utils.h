@@ -52,6 +52,13 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline __m512i rotation(int64_t by) {
                           _mm512_set1_epi32(15));
 }
 
+// Prefetches into L1 the lines holding floats [p, p + n): the AVX-512 kernels' masked loads do
+// not train the hardware prefetchers, so they fetch the planes or rows they read next.
+inline void prefetch_floats(const float* p, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * int64_t(sizeof(float)); b += 64) _mm_prefetch(bytes + b, _MM_HINT_T0);
+}
+
 // Copies n floats from src to dst, the whole 64-byte lines of dst with non-temporal stores
 // and the partial lines at either end with masked ordinary ones. src must sit at the same
 // offset within a line as dst (a scratch copy placed to match), so its loads are aligned.

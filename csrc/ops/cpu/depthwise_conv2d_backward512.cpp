@@ -80,10 +80,8 @@ CVOPS_TARGET_AVX512 void backward_channel(const PlaneBackward& j, int64_t c) {
     // (masked loads do not train the hardware prefetchers: fetch the next images' planes)
     for (int64_t i = P; i < 2 * P && n + i < j.batch; ++i) {
       const int64_t offset = (n + i) * image + c * plane;
-      for (int64_t b = 0; b < plane * int64_t(sizeof(float)); b += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(j.grad + offset) + b, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(j.input + offset) + b, _MM_HINT_T0);
-      }
+      prefetch_floats(j.grad + offset, plane);
+      prefetch_floats(j.input + offset, plane);
     }
     // ring[t % 3]: gradient row t; acc[r % 3]: grad_input row r (rows t - 1 .. t + 1 at t)
     __m512 ring[K], acc[K];

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/avx512_utils.h"
 #include "common/cpu_utils.h"
 
 #if defined(__x86_64__) && CVOPS_HAS_AVX2_TARGET
@@ -153,16 +154,14 @@ CVOPS_TARGET_AVX512 void correlate_tasks(const PlaneCorrelation& j, const Layout
   VecBuffer<__m512> buf(l.buf_w * l.buf_h);  // zero: the padding stays so
   VecBuffer<__m512> obuf(j.dst_h * l.out_cols);
   const int64_t KK = j.kh_count * KW, blocks = j.channels / kLanes;
-  const int64_t block_bytes = kLanes * j.src_h * j.src_w * int64_t(sizeof(float));
+  const int64_t block_floats = kLanes * j.src_h * j.src_w;
   for (int64_t task = begin; task < end; ++task) {
     // Image-major: consecutive tasks read consecutive memory.
     const int64_t n = task / blocks, block = task % blocks, c0 = block * kLanes;
     const __m512* w = reinterpret_cast<const __m512*>(taps) + block * KK;
     // (the next block's planes, which follow this one's)
-    const char* next = reinterpret_cast<const char*>(j.src + (n * j.channels + c0) *
-                                                                 j.src_h * j.src_w) +
-                       block_bytes;
-    for (int64_t b = 0; b < block_bytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+    prefetch_floats(j.src + (n * j.channels + c0) * j.src_h * j.src_w + block_floats,
+                    block_floats);
     const __m512 init = j.bias != nullptr ? _mm512_loadu_ps(j.bias + c0) : _mm512_setzero_ps();
     correlate_block<KW>(j, l, n, c0, w, init, buf.data(), obuf.data());
   }

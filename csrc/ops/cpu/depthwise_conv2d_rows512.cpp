@@ -45,6 +45,9 @@ constexpr int64_t kMaxWidth = 32;
 // Column chunks per band of the 3x3 band walks (correlate_band, weight_grad_band): with the
 // ring of 3 rows per chunk, 4 chunks fill the registers.
 constexpr int kBandChunks3x3 = 4;
+// Rows the band walks prefetch ahead of the one they load (masked loads do not train the
+// hardware prefetchers).
+constexpr int64_t kRowsAhead = 4;
 
 // Per call: the column chunks of the destination rows and each kernel column's load mask.
 struct Columns {
@@ -211,10 +214,7 @@ CVOPS_TARGET_AVX512 void correlate_channels(const PlaneCorrelation& j, const Col
       // (masked loads do not train the hardware prefetchers: fetch the next channel's planes)
       if (c + 1 < end)
         for (int64_t g = 0; g < count; ++g) {
-          const char* next =
-              reinterpret_cast<const char*>(j.src + (n + g) * src_image + (c + 1) * src_plane);
-          for (int64_t b = 0; b < src_plane * int64_t(sizeof(float)); b += 64)
-            _mm_prefetch(next + b, _MM_HINT_T0);
+          prefetch_floats(j.src + (n + g) * src_image + (c + 1) * src_plane, src_plane);
         }
       for (int64_t ch = 0; ch < cols.chunks; ++ch) {
         const float* src[kGroup];
@@ -254,9 +254,6 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_band(
   src -= geo.pad_h * geo.src_w + geo.pad_w;
   const int64_t steps = geo.dst_h + K - 1, src_w = geo.src_w, dst_w = geo.dst_w;
   const int64_t first = geo.pad_h, last = geo.pad_h + geo.src_h;  // steps with a source row
-  // (masked loads do not train the hardware prefetchers: fetch a few rows ahead)
-  constexpr int64_t kAhead = 4;
-  const int64_t band_bytes = B * kLanes * int64_t(sizeof(float));
   for (int64_t s0 = 0; s0 < steps; s0 += K) {
     unrolled<K>([&](auto step) CVOPS_AVX512_LAMBDA {
       constexpr int u = decltype(step)::value;
@@ -264,10 +261,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_band(
       if (s >= steps) return;
       for (int b = 0; b < B; ++b) acc[b][u] = init;
       if (s >= first && s < last) {
-        if (s + kAhead < last) {
-          const char* ahead = reinterpret_cast<const char*>(src + kAhead * src_w);
-          for (int64_t o = 0; o < band_bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-        }
+        if (s + kRowsAhead < last) prefetch_floats(src + kRowsAhead * src_w, B * kLanes);
         unrolled<K>([&](auto column) CVOPS_AVX512_LAMBDA {
           constexpr int kw = decltype(column)::value;
           for (int b = 0; b < B; ++b) {
@@ -402,12 +396,8 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const PlaneWeightGrad& j, const Col
     const float* x_base = j.input + n * x_image + c * x_plane;
     // (masked loads do not train the hardware prefetchers: fetch the next images' planes)
     for (int64_t i = P; i < 2 * P && n + i < j.batch; ++i) {
-      const char* g_next = reinterpret_cast<const char*>(g_base + i * g_image);
-      const char* x_next = reinterpret_cast<const char*>(x_base + i * x_image);
-      for (int64_t b = 0; b < g_plane * int64_t(sizeof(float)); b += 64)
-        _mm_prefetch(g_next + b, _MM_HINT_T0);
-      for (int64_t b = 0; b < x_plane * int64_t(sizeof(float)); b += 64)
-        _mm_prefetch(x_next + b, _MM_HINT_T0);
+      prefetch_floats(g_base + i * g_image, g_plane);
+      prefetch_floats(x_base + i * x_image, x_plane);
     }
     for (int64_t ch = 0; ch < cols.chunks; ++ch) {
       // the pair's second image: lanes 8-15, read 8 floats before its row
@@ -500,9 +490,6 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void weight_grad_band(
   const int64_t g_w = j.grad_w, x_w = j.input_w, grad_h = j.grad_h;
   const int64_t steps = grad_h + K - 1, first = j.pad_h, last = j.pad_h + j.input_h;
   xp -= j.pad_h * x_w + j.pad_w;
-  // (masked loads do not train the hardware prefetchers: fetch a few rows ahead)
-  constexpr int64_t kAhead = 4;
-  const int64_t band_bytes = B * kLanes * int64_t(sizeof(float));
   __m512 ring[B][K];
 #pragma GCC unroll 16
   for (int b = 0; b < B; ++b)
@@ -517,10 +504,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void weight_grad_band(
       ring[b][0] = _mm512_setzero_ps();
     }
     if (s < grad_h) {
-      if (s + kAhead < grad_h) {
-        const char* ahead = reinterpret_cast<const char*>(gp + kAhead * g_w);
-        for (int64_t o = 0; o < band_bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-      }
+      if (s + kRowsAhead < grad_h) prefetch_floats(gp + kRowsAhead * g_w, B * kLanes);
 #pragma GCC unroll 16
       for (int b = 0; b < B; ++b) {
         ring[b][0] = _mm512_maskz_loadu_ps(valid[b], gp + b * kLanes);
@@ -529,10 +513,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void weight_grad_band(
       gp += g_w;
     }
     if (s >= first && s < last) {
-      if (s + kAhead < last) {
-        const char* ahead = reinterpret_cast<const char*>(xp + kAhead * x_w);
-        for (int64_t o = 0; o < band_bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-      }
+      if (s + kRowsAhead < last) prefetch_floats(xp + kRowsAhead * x_w, B * kLanes);
       // Only gradient rows that exist, kh in [lo, hi]: 0 * an infinite input would be a NaN
       // that the true sum does not have.
       const int64_t lo = std::max<int64_t>(0, s - grad_h + 1);
