@@ -2,15 +2,20 @@
 // the backward kernels (RoI Align, RoI Pool).
 //
 // Each contribution is rounded to a fixed-point int64 (a power-of-two scale chosen from
-// max|grad| so that no sum can overflow) and added with integer atomics, which are
-// associative, so the result is bitwise identical in any order. Everything stays on the
-// device: no host sync.
+// max|grad| so that no sum can overflow; common/fixed_point_scale.h) and added with integer
+// atomics, which are associative, so the result is bitwise identical in any order (not yet
+// run on a GPU). The precision is absolute: about max|grad| * bound * 2^-61 per contribution
+// (fixed_point_scale.h). Everything stays on the device: no host sync.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
 #include <limits>
+
+#include "common/fixed_point_scale.h"
 
 namespace cvops {
 
@@ -24,6 +29,13 @@ struct FixedPointAdd {
   }
 };
 
+// scale = fixed_point_scale(max_abs, bound), on the device (one thread). static: each .cu
+// that includes this header gets its own copy.
+static __global__ void fixed_point_scale_kernel(const double* max_abs, double bound,
+                                                double* scale) {
+  *scale = fixed_point_scale(*max_abs, bound);
+}
+
 // Host side: the int64 buffer and the device-resident scale.
 struct FixedPointBuffer {
   at::Tensor fixed;    // int64, the shape of the result
@@ -33,8 +45,10 @@ struct FixedPointBuffer {
   // bound: the most contributions of magnitude <= max|grad| any one element can receive.
   FixedPointBuffer(const at::Tensor& grad, double bound, at::IntArrayRef sizes) {
     max_abs = grad.abs().amax().to(at::kDouble);
-    // |sum| <= bound * max|grad| < 2^61 (no overflow).
-    scale = at::exp2(61.0 - at::ceil(at::log2(max_abs.clamp_min(1e-300) * bound)));
+    scale = at::empty({}, max_abs.options());
+    fixed_point_scale_kernel<<<1, 1, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        max_abs.const_data_ptr<double>(), bound, scale.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     fixed = at::zeros(sizes, grad.options().dtype(at::kLong));
   }
 

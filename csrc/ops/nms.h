@@ -4,47 +4,17 @@
 // (x2 - x1) * (y2 - y1), the intersection as max(0, w) * max(0, h), and
 // inter / ((area_a + area_b) - inter), each step rounded in acc_t (the box dtype for float and
 // double, float for half and bfloat16). A box is suppressed when that IoU is strictly greater
-// than the threshold (compared in double). nvcc would otherwise contract a*b+c into one fma
-// with a different rounding, so the device path uses the explicitly rounded intrinsics.
+// than the threshold (compared in double). Every step is explicitly rounded (common/rounded_math.h)
+// so neither nvcc nor an FMA-enabled host compiler contracts a*b+c into one fma.
 #pragma once
 
 #include <cstdint>
 
 #include "common/host_device.h"
+#include "common/rounded_math.h"
 
 namespace cvops {
 namespace nms_math {
-
-// a * b, a + b and a - b, each rounded once (no contraction into an fma on the device).
-template <typename T>
-CVOPS_HOST_DEVICE inline T mul_rn(T a, T b) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == sizeof(float)) return __fmul_rn(a, b);
-  else return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-template <typename T>
-CVOPS_HOST_DEVICE inline T add_rn(T a, T b) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == sizeof(float)) return __fadd_rn(a, b);
-  else return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-template <typename T>
-CVOPS_HOST_DEVICE inline T sub_rn(T a, T b) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == sizeof(float)) return __fsub_rn(a, b);
-  else return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
 
 // One box in the accumulation type, with its area precomputed.
 template <typename acc_t>

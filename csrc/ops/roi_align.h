@@ -6,11 +6,18 @@
 // rows (or columns) and their weights, and a sample's four corner weights are products of
 // one row tap and one column tap. The forward kernels multiply taps into weights; the
 // backward kernels use the same weights to scatter gradients.
+//
+// Rounding decides counts and indices here (the adaptive sample count is ceil(roi_w /
+// pooled); a tap's rows are floor(coord)), so the geometry is computed with explicitly rounded
+// operations (common/rounded_math.h): nvcc would otherwise fuse x * scale - offset into one
+// FMA, and the GPU could take twice the CPU's samples per bin for the same box.
 #pragma once
 
 #include <cstdint>
 
 #include "common/host_device.h"
+#include "common/roi_batch_index.h"
+#include "common/rounded_math.h"
 
 namespace cvops {
 namespace roi_align_math {
@@ -27,7 +34,9 @@ struct RoiGeometry {
   T bin_h, bin_w;      // bin size
   int64_t grid_h, grid_w;  // samples per bin along each axis
   T count;             // divisor of the bin average (at least 1)
-  bool valid;          // false when a coordinate is not finite: output NaN, no gradient
+  // false when a coordinate is not finite or the batch index names no image
+  // (roi_batch_index): output NaN, no gradient.
+  bool valid;
 };
 
 template <typename T>
@@ -40,20 +49,21 @@ CVOPS_HOST_DEVICE inline int64_t grid_size(T roi_size, int64_t pooled, int64_t s
   return static_cast<int64_t>(g);
 }
 
-// roi = (batch_index, x1, y1, x2, y2) in input-image coordinates.
+// roi = (batch_index, x1, y1, x2, y2) in input-image coordinates; batch_size is the input's.
 template <typename T>
 CVOPS_HOST_DEVICE inline RoiGeometry<T> roi_geometry(T batch, T x1, T y1, T x2, T y2,
                                                      T spatial_scale, bool aligned,
                                                      int64_t pooled_height, int64_t pooled_width,
-                                                     int64_t sampling_ratio) {
+                                                     int64_t sampling_ratio, int64_t batch_size) {
   RoiGeometry<T> g;
-  g.batch_index = static_cast<int64_t>(batch);
+  g.batch_index = roi_batch_index(batch, batch_size);
   const T offset = aligned ? T(0.5) : T(0);
-  g.start_w = x1 * spatial_scale - offset;
-  g.start_h = y1 * spatial_scale - offset;
-  T roi_w = x2 * spatial_scale - offset - g.start_w;
-  T roi_h = y2 * spatial_scale - offset - g.start_h;
-  g.valid = is_finite(g.start_w) && is_finite(g.start_h) && is_finite(roi_w) && is_finite(roi_h);
+  g.start_w = sub_rn(mul_rn(x1, spatial_scale), offset);
+  g.start_h = sub_rn(mul_rn(y1, spatial_scale), offset);
+  T roi_w = sub_rn(sub_rn(mul_rn(x2, spatial_scale), offset), g.start_w);
+  T roi_h = sub_rn(sub_rn(mul_rn(y2, spatial_scale), offset), g.start_h);
+  g.valid = g.batch_index >= 0 && is_finite(g.start_w) && is_finite(g.start_h) &&
+            is_finite(roi_w) && is_finite(roi_h);
   if (!g.valid) {
     roi_w = roi_h = T(0);
   }
@@ -70,11 +80,12 @@ CVOPS_HOST_DEVICE inline RoiGeometry<T> roi_geometry(T batch, T x1, T y1, T x2, 
   return g;
 }
 
-// Coordinate of sample i of bin p along one axis (same expression as torchvision).
+// Coordinate of sample i of bin p along one axis: torchvision's expression
+// start + p * bin + (i + .5) * bin / grid, each operation rounded once.
 template <typename T>
 CVOPS_HOST_DEVICE inline T sample_coord(T start, int64_t p, T bin, int64_t i, int64_t grid) {
-  return start + static_cast<T>(p) * bin +
-         static_cast<T>(static_cast<float>(i) + .5f) * bin / static_cast<T>(grid);
+  const T within = mul_rn(static_cast<T>(static_cast<float>(i) + .5f), bin) / static_cast<T>(grid);
+  return add_rn(add_rn(start, mul_rn(static_cast<T>(p), bin)), within);
 }
 
 // Two neighbouring rows (or columns) of a sample and their interpolation weights.
@@ -85,10 +96,12 @@ struct AxisTap {
   bool inside;  // false: the sample lies more than one pixel outside the map (value 0)
 };
 
+// A map with no rows (or columns) has no sample inside it: the output is 0, as for a RoI
+// entirely off the map (taps at index -1 would read out of bounds).
 template <typename T>
 CVOPS_HOST_DEVICE inline AxisTap<T> axis_tap(T coord, int64_t size) {
   AxisTap<T> t;
-  if (coord < T(-1) || coord > static_cast<T>(size)) {
+  if (size <= 0 || coord < T(-1) || coord > static_cast<T>(size)) {
     t.lo = t.hi = 0;
     t.w_lo = t.w_hi = T(0);
     t.inside = false;

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "common/host_device.h"
+#include "common/roi_batch_index.h"
 
 namespace cvops {
 namespace roi_pool_math {
@@ -23,7 +24,9 @@ struct RoiBox {
   int64_t batch_index;
   int64_t start_h, start_w;  // rounded top-left corner in feature-map pixels
   int64_t roi_h, roi_w;      // at least 1
-  bool valid;                // false when a coordinate is not finite: output NaN, no gradient
+  // false when a coordinate is not finite or the batch index names no image
+  // (roi_batch_index): output NaN, no gradient.
+  bool valid;
 };
 
 CVOPS_HOST_DEVICE inline int64_t rounded_coord(double v, double spatial_scale) {
@@ -32,21 +35,28 @@ CVOPS_HOST_DEVICE inline int64_t rounded_coord(double v, double spatial_scale) {
   return static_cast<int64_t>(r);
 }
 
-// roi = (batch_index, x1, y1, x2, y2) in input-image coordinates. The products are formed in
-// double (as torchvision's CPU kernel does) so CPU and CUDA round identically.
+// The image a RoI (batch_index, x1, y1, x2, y2) pools from, or -1 when the RoI is invalid:
+// a coordinate is not finite, or the batch index names no image (roi_batch_index). An invalid
+// RoI outputs NaN and receives no gradient, on both backends and in both directions.
+CVOPS_HOST_DEVICE inline int64_t roi_image(double batch, double x1, double y1, double x2,
+                                           double y2, int64_t batch_size) {
+  const bool finite = is_finite(x1) && is_finite(y1) && is_finite(x2) && is_finite(y2);
+  return finite ? roi_batch_index(batch, batch_size) : -1;
+}
+
+// roi = (batch_index, x1, y1, x2, y2) in input-image coordinates; batch_size is the input's.
+// The products are formed in double (as torchvision's CPU kernel does) so CPU and CUDA round
+// identically (a product followed by round(), nothing for a compiler to fuse).
 CVOPS_HOST_DEVICE inline RoiBox roi_box(double batch, double x1, double y1, double x2,
-                                        double y2, double spatial_scale) {
+                                        double y2, double spatial_scale, int64_t batch_size) {
   RoiBox b;
-  b.valid = is_finite(x1) && is_finite(y1) && is_finite(x2) && is_finite(y2) &&
-            is_finite(batch);
+  b.batch_index = roi_image(batch, x1, y1, x2, y2, batch_size);
+  b.valid = b.batch_index >= 0;
   if (!b.valid) {
-    b.batch_index = -1;
     b.start_h = b.start_w = 0;
     b.roi_h = b.roi_w = 1;
     return b;
   }
-  // Out-of-range indices only get here when validation was skipped (CUDA graph capture).
-  b.batch_index = (batch >= 0 && batch < kMaxCoord) ? static_cast<int64_t>(batch) : -1;
   b.start_w = rounded_coord(x1, spatial_scale);
   b.start_h = rounded_coord(y1, spatial_scale);
   const int64_t end_w = rounded_coord(x2, spatial_scale);

@@ -34,3 +34,32 @@ def rois_to_list(rois, batch):
     boxes = [rois[idx == i, 1:] for i in range(batch)]
     order = torch.cat([torch.nonzero(idx == i).flatten() for i in range(batch)])
     return boxes, order
+
+
+# Batch indices check_roi_batch_indices refuses, for an input of batch 2. Under CUDA graph
+# capture that check (a host sync) is skipped and the kernels must give NaN outputs and no
+# gradient for them instead (csrc/common/roi_batch_index.h).
+BAD_BATCH_INDICES_UNDER_CAPTURE = [-0.5, 0.5, float("nan"), 2.0, -1.0]
+
+
+def capture(fn):
+    """Capture fn() in a CUDA graph (after one warm-up call on the capture stream); returns
+    (graph, output of the captured call). Replaying re-runs the kernels on the same memory."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+        with torch.cuda.graph(graph):
+            out = fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph, out
+
+
+def replay_with_bad_batch_index(graph, rois, bad, row=2):
+    """Write `bad` into rois[row, 0] (after capture: the check never sees it), replay the
+    graph and return the indices of the other RoIs."""
+    rois[row, 0] = bad
+    graph.replay()
+    torch.cuda.synchronize()
+    return [k for k in range(rois.size(0)) if k != row]

@@ -10,7 +10,7 @@ import torchvision
 
 import cvops
 from cvops.ops import _reference as ref
-from tests.conftest import devices, requires_cuda, requires_ops, run_python
+from tests.conftest import devices, requires_ops, run_python
 
 pytestmark = requires_ops
 
@@ -485,16 +485,6 @@ def test_sigmoid_focal_fused_path_matches_plain(reduction):
         x, t, 0.25, 2.0, {"none": 0, "mean": 1, "sum": 2}[reduction]
     )[1]
     torch.testing.assert_close(g_fused, g_direct)
-
-
-@requires_cuda
-def test_cuda_out_of_range_target_gives_nan():
-    # CUDA cannot raise without a host sync: a bad class makes the loss NaN instead.
-    x = torch.randn(2, 3, 4, 4, device="cuda")
-    t = torch.randint(0, 3, (2, 4, 4), device="cuda")
-    t[0, 0, 0] = 7
-    assert torch.isnan(cvops.softmax_focal_loss(x, t))
-    assert torch.isnan(cvops.dice_loss(x, t, "multiclass"))
 
 
 @pytest.mark.parametrize("disable", ["CVOPS_DISABLE_AVX2", "CVOPS_DISABLE_AVX512"])

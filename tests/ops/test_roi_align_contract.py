@@ -74,6 +74,26 @@ def test_zero_channels_and_zero_size_map(device):
 
 
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("shape", [(1, 1, 0, 4), (1, 1, 4, 0), (2, 3, 0, 0)])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_zero_area_map_gives_zeros_and_nan_for_invalid_boxes(device, shape, aligned):
+    # A 0-high or 0-wide map has no sample inside it: every bin is 0 (it used to read row -1
+    # and kill the process on the CPU). A non-finite box is NaN, as on any map.
+    x = torch.randn(*shape, device=device, requires_grad=True)
+    rois = torch.tensor(
+        [[0, 0.0, 0.0, 1.0, 1.0], [0, -3.0, -2.0, 9.0, 7.0], [0, float("nan"), 0.0, 1.0, 1.0]],
+        device=device,
+    )
+    for sampling_ratio in (2, 0, -1):
+        out = cvops.roi_align(x, rois, 2, 1.0, sampling_ratio, aligned)
+        assert out.shape == (3, shape[1], 2, 2)
+        assert torch.equal(out[:2], torch.zeros_like(out[:2]))
+        assert torch.isnan(out[2]).all()
+        out[:2].sum().backward()
+        assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_box_gives_nan_output_and_no_gradient(device, bad):
     x = torch.randn(1, 2, 6, 6, device=device, requires_grad=True)

@@ -6,7 +6,12 @@ import torchvision
 
 import cvops
 from tests.conftest import requires_cuda, requires_ops
-from tests.ops.roi_cases import random_boxes
+from tests.ops.roi_cases import (
+    BAD_BATCH_INDICES_UNDER_CAPTURE,
+    capture,
+    random_boxes,
+    replay_with_bad_batch_index,
+)
 
 pytestmark = [requires_ops, requires_cuda, pytest.mark.cuda]
 
@@ -90,14 +95,78 @@ def test_cuda_graph_capture_forward():
     x = torch.randn(2, 4, 10, 10, device="cuda")
     rois = random_boxes(16, 20, 20, 2, device="cuda")
     expected = cvops.roi_align(x, rois, 3, 0.5, 2, True)
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        cvops.roi_align(x, rois, 3, 0.5, 2, True)  # warm-up outside capture
-        with torch.cuda.graph(graph):
-            out = cvops.roi_align(x, rois, 3, 0.5, 2, True)
-    torch.cuda.current_stream().wait_stream(stream)
+    graph, out = capture(lambda: cvops.roi_align(x, rois, 3, 0.5, 2, True))
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("bad", BAD_BATCH_INDICES_UNDER_CAPTURE)
+def test_cuda_graph_capture_bad_batch_index_gives_nan_and_no_gradient(bad):
+    # The batch-index check is skipped under capture; the kernels then apply the same rule
+    # (it used to read image 0 for -0.5 and NaN).
+    x = torch.randn(2, 4, 10, 10, device="cuda")
+    rois = random_boxes(6, 20, 20, 2, device="cuda")
+    expected = cvops.roi_align(x, rois, 3, 0.5, 2, True)
+    grad = torch.randn_like(expected)
+    args = (0.5, 3, 3, 2, 4, 10, 10, 2, True)
+    graph, (out, gin) = capture(
+        lambda: (
+            cvops.roi_align(x, rois, 3, 0.5, 2, True),
+            torch.ops.cvops._roi_align_backward(grad, rois, *args),
+        )
+    )
+    keep = replay_with_bad_batch_index(graph, rois, bad)
+    assert torch.isnan(out[2]).all()
+    torch.testing.assert_close(out[keep], expected[keep])
+    ref = torch.ops.cvops._roi_align_backward(grad[keep], rois[keep], *args)
+    torch.testing.assert_close(gin, ref)
+
+
+def test_cuda_fma_example_matches_cpu_and_torchvision():
+    # The review's example: spatial scale 1/14, aligned, adaptive sampling. Fused into FMAs
+    # the box is 7.0000019 wide and takes 2 samples per bin, unfused (CPU, torchvision)
+    # exactly 7 and 1 (csrc/common/rounded_math.h).
+    x = torch.randn(1, 3, 60, 60)
+    scale = float(torch.tensor(1 / 14, dtype=torch.float32))
+    boxes = torch.tensor([[0, 448.25, 448.25, 546.25, 546.25], [0, 14.0, 28.0, 112.5, 99.75]])
+    for sampling_ratio in (0, -1):
+        gpu = cvops.roi_align(x.cuda(), boxes.cuda(), 7, scale, sampling_ratio, True)
+        cpu = cvops.roi_align(x, boxes, 7, scale, sampling_ratio, True)
+        tv = torchvision.ops.roi_align(x, boxes, 7, scale, sampling_ratio, True)
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(cpu, tv, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_deterministic_backward_of_zero_gradient_is_exactly_zero():
+    # An all-zero gradient used to make the fixed-point scale 2^1077 = inf (0 * inf = NaN on
+    # the way to 0).
+    x = torch.randn(2, 4, 12, 12, device="cuda", requires_grad=True)
+    rois = random_boxes(32, 24, 24, 2, device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = cvops.roi_align(x, rois, 3, 0.5, 2, True)
+        (g,) = torch.autograd.grad(out, x, torch.zeros_like(out))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(g, torch.zeros_like(g))
+
+
+def test_cuda_deterministic_backward_precision_is_absolute():
+    # Fixed point: each contribution is rounded to a multiple of 2^-e, e chosen so that
+    # max|grad| * bound * 2^e <= 2^61 (bound = K * PH * PW). In float64 the error against the
+    # CPU's exact-order float64 sum is at most (contributions per pixel) * 2^-e / 2.
+    rois = random_boxes(50, 32, 32, 1, dtype=torch.float64)
+    grad = torch.randn(50, 2, 4, 4, dtype=torch.float64)
+    grad[0, 0, 0, 0] = 1e3  # one large value sets the scale for all
+    args = (0.5, 4, 4, 1, 2, 16, 16, 2, True)
+    cpu = torch.ops.cvops._roi_align_backward(grad, rois, *args)
+    torch.use_deterministic_algorithms(True)
+    try:
+        gpu = torch.ops.cvops._roi_align_backward(grad.cuda(), rois.cuda(), *args).cpu()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    bound = 50 * 4 * 4
+    quantum = grad.abs().max().item() * bound * 2.0**-60  # 2^-e, within a factor of 2
+    contributions = bound * 2 * 2 * 4  # bins x samples per bin x corners, an upper bound
+    assert (gpu - cpu).abs().max().item() <= contributions * quantum / 2

@@ -69,6 +69,22 @@ def test_backward_ignores_argmax_outside_the_plane():
     assert gi.sum().item() == out.numel() - 2
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_backward_op_gives_no_gradient_to_non_finite_boxes(device, bad):
+    # Called directly with an argmax that points inside the plane, the backward still gives
+    # a RoI with a non-finite box no gradient, on both backends (roi_pool.h: roi_image).
+    x, rois = ok_inputs()
+    x, rois = x.to(device), rois.to(device)
+    out, argmax = torch.ops.cvops.roi_pool(x, rois, 1.0, 2, 2)
+    bad_rois = rois.clone()
+    bad_rois[1, 3] = bad
+    gi = torch.ops.cvops._roi_pool_backward(
+        torch.ones_like(out), bad_rois, argmax, 1.0, 2, 2, 2, 3, 8, 8
+    )
+    assert gi[1].sum().item() == 0 and gi[0].sum().item() == out[0].numel()
+
+
 def test_device_mismatch_raises():
     x, rois = ok_inputs()
     with pytest.raises(RuntimeError, match="same device"):

@@ -6,7 +6,12 @@ import torchvision
 
 import cvops
 from tests.conftest import requires_cuda, requires_ops
-from tests.ops.roi_cases import random_boxes
+from tests.ops.roi_cases import (
+    BAD_BATCH_INDICES_UNDER_CAPTURE,
+    capture,
+    random_boxes,
+    replay_with_bad_batch_index,
+)
 
 pytestmark = [requires_ops, requires_cuda, pytest.mark.cuda]
 
@@ -94,14 +99,40 @@ def test_cuda_graph_capture_forward():
     x = torch.randn(2, 4, 10, 10, device="cuda")
     rois = random_boxes(16, 20, 20, 2, device="cuda")
     expected = cvops.roi_pool(x, rois, 3, 0.5)
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        cvops.roi_pool(x, rois, 3, 0.5)  # warm-up outside capture
-        with torch.cuda.graph(graph):
-            out = cvops.roi_pool(x, rois, 3, 0.5)
-    torch.cuda.current_stream().wait_stream(stream)
+    graph, out = capture(lambda: cvops.roi_pool(x, rois, 3, 0.5))
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("bad", BAD_BATCH_INDICES_UNDER_CAPTURE)
+def test_cuda_graph_capture_bad_batch_index_gives_nan_and_no_gradient(bad):
+    # Same rule as RoI Align (csrc/common/roi_batch_index.h): -0.5 and 0.5 name no image.
+    x = torch.randn(2, 4, 10, 10, device="cuda")
+    rois = random_boxes(6, 20, 20, 2, device="cuda")
+    expected, argmax = torch.ops.cvops.roi_pool(x, rois, 0.5, 3, 3)
+    grad = torch.randn_like(expected)
+    args = (0.5, 3, 3, 2, 4, 10, 10)
+    graph, ((out, _), gin) = capture(
+        lambda: (
+            torch.ops.cvops.roi_pool(x, rois, 0.5, 3, 3),
+            torch.ops.cvops._roi_pool_backward(grad, rois, argmax, *args),
+        )
+    )
+    keep = replay_with_bad_batch_index(graph, rois, bad)
+    assert torch.isnan(out[2]).all()
+    torch.testing.assert_close(out[keep], expected[keep])
+    ref = torch.ops.cvops._roi_pool_backward(grad[keep], rois[keep], argmax[keep], *args)
+    torch.testing.assert_close(gin, ref)
+
+
+def test_cuda_deterministic_backward_of_zero_gradient_is_exactly_zero():
+    x = torch.randn(2, 4, 12, 12, device="cuda", requires_grad=True)
+    rois = random_boxes(32, 24, 24, 2, device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = cvops.roi_pool(x, rois, 3, 0.5)
+        (g,) = torch.autograd.grad(out, x, torch.zeros_like(out))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(g, torch.zeros_like(g))

@@ -325,6 +325,14 @@ CVOPS_CPU_INLINE typename S::V lane_mask(int64_t n) {
   return v;
 }
 
+// v on the lanes where the 0/1 mask m is 1, else 0. A select, not v * m: an ignored position
+// (or a class that is not the target) may hold an infinite or NaN term, and 0 * inf = NaN
+// would poison the sum. F.cross_entropy skips such positions the same way.
+template <typename M, typename V>
+CVOPS_CPU_INLINE V masked(V m, V v) {
+  return M::where(M::eq(m, M::c(0)), M::c(0), v);
+}
+
 // Runs f(std::integral_constant<int, L>) with L = 8 in a function compiled for AVX2+FMA when
 // the CPU has them, else with L = 4 (SSE2 baseline). f must be always_inline (so its body,
 // and the always_inline math it calls, is compiled for the caller's ISA).
@@ -518,11 +526,11 @@ CVOPS_CPU_INLINE void row_chunk_stats(const scalar_t* x, const scalar_t* t, int6
         V q, l;
         sigmoid_parts<M>(xv, p, q, l);
       }
-      sD = sD + abs_diff<M>(p, tv) * m;
-      sP = sP + p * m;
+      sD = sD + masked<M>(m, abs_diff<M>(p, tv));
+      sP = sP + masked<M>(m, p);
       sT = sT + tv * m;
     }
-    if constexpr (kFocal) sF = sF + sigmoid_focal_term<G, M>(xv, tv, a1, a0, gm) * m;
+    if constexpr (kFocal) sF = sF + masked<M>(m, sigmoid_focal_term<G, M>(xv, tv, a1, a0, gm));
     if constexpr (kIgnore) sM = sM + m;  // else every element counts: len
   };
   int64_t i = 0;
@@ -609,7 +617,7 @@ CVOPS_CPU_INLINE void row_chunk_backward(const double* gs, const scalar_t* xr,
     // gD sign(p - t) + gP, the sign as two selects between precomputed sums.
     V d = M::where(M::gt(p, tv), gPpD, M::where(M::gt(tv, p), gPmD, gP)) * dp;
     if constexpr (kFocal) d = d + gF * sigmoid_focal_grad<G, M>(xv, tv, a1, a0, gm);
-    if constexpr (kIgnore) d = d * m;
+    if constexpr (kIgnore) d = masked<M>(m, d);
     return d;
   };
   int64_t i = 0;
@@ -766,10 +774,10 @@ CVOPS_CPU_INLINE int64_t multiclass_chunk_stats(const scalar_t* x_in, const int6
         const V logp = xv - lse[v];
         std::memcpy(&p, &ex[(c * nv + v) * W], sizeof(V));
         p = p * inv[v];
-        if constexpr (kFocal) sF = sF + t * softmax_focal_term<G, M>(logp, p, ac, gm);
+        if constexpr (kFocal) sF = sF + masked<M>(t, softmax_focal_term<G, M>(logp, p, ac, gm));
       }
-      sD = sD + abs_diff<M>(p, t) * m;
-      sP = sP + p * m;
+      sD = sD + masked<M>(m, abs_diff<M>(p, t));
+      sP = sP + masked<M>(m, p);
       sT = sT + t;
     }
     double* o = out + c * kNumStats;
@@ -871,14 +879,14 @@ CVOPS_CPU_INLINE void multiclass_chunk_backward(const double* gstats /*[C, kNumS
         std::memcpy(&p, &prob[(c * nv + v) * W], sizeof(V));
         p = p * inv[v];
         if (focal) {
-          py[v] = py[v] + t * p;
-          ly[v] = ly[v] + t * logp;
+          py[v] = py[v] + masked<M>(t, p);
+          ly[v] = ly[v] + masked<M>(t, logp);
           ay[v] = ay[v] + t * ac;
           gfy[v] = gfy[v] + t * gF;
         }
       }
       std::memcpy(&prob[(c * nv + v) * W], &p, sizeof(V));
-      dot[v] = dot[v] + (gD * abs_diff_grad<M>(p, t) + gP) * m * p;
+      dot[v] = dot[v] + masked<M>(m, (gD * abs_diff_grad<M>(p, t) + gP) * p);
     }
   }
   for (int64_t v = 0; v < nv; ++v) {
@@ -898,9 +906,10 @@ CVOPS_CPU_INLINE void multiclass_chunk_backward(const double* gstats /*[C, kNumS
       const V t = M::where(yv == cc, one, zero);
       V p;
       std::memcpy(&p, &prob[(c * nv + v) * W], sizeof(V));
-      const V g = (gD * abs_diff_grad<M>(p, t) + gP) * m;
+      const V g = gD * abs_diff_grad<M>(p, t) + gP;
       V d = a.from_logits ? p * (g - dot[v]) : g;
       if (focal) d = d + gfy[v] * (t - p);
+      d = masked<M>(m, d);
       if ((v + 1) * W <= n) {
         S::store(out + v * W, d);
       } else {

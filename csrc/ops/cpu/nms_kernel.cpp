@@ -111,11 +111,11 @@ inline bool any_iou_above(const acc_t* __restrict x1, const acc_t* __restrict y1
     const acc_t r = x2[k] < a.x2 ? x2[k] : a.x2;
     const acc_t t = y1[k] > a.y1 ? y1[k] : a.y1;
     const acc_t b = y2[k] < a.y2 ? y2[k] : a.y2;
-    const acc_t dw = r - l, dh = b - t;
+    const acc_t dw = sub_rn(r, l), dh = sub_rn(b, t);
     const acc_t w = acc_t(0) > dw ? acc_t(0) : dw;
     const acc_t h = acc_t(0) > dh ? acc_t(0) : dh;
-    const acc_t inter = w * h;
-    const acc_t uni = (area[k] + a.area) - inter;
+    const acc_t inter = mul_rn(w, h);
+    const acc_t uni = sub_rn(add_rn(area[k], a.area), inter);
     hit |= static_cast<int>(inter / uni > thr);
   }
   return hit != 0;

@@ -27,7 +27,7 @@ struct Params {
   double spatial_scale;
   int64_t pooled_height, pooled_width, sampling_ratio;
   bool aligned;
-  int64_t height, width;
+  int64_t batch, height, width;  // of the input
 };
 
 // Geometry and axis taps of one RoI, for every bin row/column and sample.
@@ -42,7 +42,7 @@ struct RoiTaps {
     auto& g = geometry;
     g = roi_geometry<acc_t>(roi[0], roi[1], roi[2], roi[3], roi[4],
                             static_cast<acc_t>(p.spatial_scale), p.aligned, p.pooled_height,
-                            p.pooled_width, p.sampling_ratio);
+                            p.pooled_width, p.sampling_ratio, p.batch);
     rows.resize(p.pooled_height * g.grid_h);
     cols.resize(p.pooled_width * g.grid_w);
     for (int64_t ph = 0; ph < p.pooled_height; ++ph)
@@ -81,7 +81,7 @@ double count_samples(const at::Tensor& rois, const Params& p) {
   for (int64_t k = 0; k < rois.size(0); ++k, r += 5) {
     auto g = roi_geometry<acc_t>(r[0], r[1], r[2], r[3], r[4],
                                  static_cast<acc_t>(p.spatial_scale), p.aligned,
-                                 p.pooled_height, p.pooled_width, p.sampling_ratio);
+                                 p.pooled_height, p.pooled_width, p.sampling_ratio, p.batch);
     total += static_cast<double>(g.grid_h * g.grid_w);
   }
   return total * static_cast<double>(p.pooled_height * p.pooled_width);
@@ -122,7 +122,7 @@ void roi_align_forward_impl(const at::Tensor& input, const at::Tensor& rois,
                             at::Tensor& output, const Params& p, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_rois = rois.size(0), channels = input.size(1);
-  const int64_t batch = input.size(0), H = p.height, W = p.width;
+  const int64_t H = p.height, W = p.width;
   const int64_t PH = p.pooled_height, PW = p.pooled_width, bins = PH * PW;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
@@ -136,7 +136,7 @@ void roi_align_forward_impl(const at::Tensor& input, const at::Tensor& rois,
       taps.compute(roi_data + k * 5, p);
       const auto& g = taps.geometry;
       scalar_t* out_roi = out + k * channels * bins;
-      if (!g.valid || g.batch_index < 0 || g.batch_index >= batch) {
+      if (!g.valid) {
         std::fill(out_roi, out_roi + channels * bins, static_cast<scalar_t>(nan));
         continue;
       }
@@ -182,7 +182,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   if (output.numel() == 0) return output;
 
   const Params p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-                 input.size(2), input.size(3)};
+                 input.size(0), input.size(2), input.size(3)};
   at::Tensor rois_c = rois.contiguous();
   const bool cl = use_channels_last(rois_c, p, input.size(0), channels,
                                     input.is_contiguous(at::MemoryFormat::ChannelsLast));
@@ -224,8 +224,8 @@ void roi_align_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
   // RoIs of each image, in index order.
   std::vector<std::vector<int64_t>> rois_of(batch);
   for (int64_t k = 0; k < num_rois; ++k) {
-    const acc_t b = static_cast<acc_t>(roi_data[k * 5]);
-    if (b >= 0 && b < static_cast<acc_t>(batch)) rois_of[static_cast<int64_t>(b)].push_back(k);
+    const int64_t b = roi_batch_index(static_cast<acc_t>(roi_data[k * 5]), batch);
+    if (b >= 0) rois_of[b].push_back(k);
   }
   // Enough channel blocks to keep every thread busy, each a multiple of 16 channels.
   const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch);
@@ -286,8 +286,8 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                 batch_size, channels, height, width, sampling_ratio);
   check_roi_batch_indices("cvops._roi_align_backward", rois, batch_size);
 
-  const Params p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height,
-                 width};
+  const Params p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+                 batch_size, height, width};
   at::Tensor rois_c = rois.contiguous();
   const bool cl = use_channels_last(rois_c, p, batch_size, channels, false);
   const auto acc_type = at::toOpMathType(grad.scalar_type());

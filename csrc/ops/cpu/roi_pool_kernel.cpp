@@ -37,7 +37,7 @@ using namespace roi_pool_math;
 struct Params {
   double spatial_scale;
   int64_t pooled_height, pooled_width;
-  int64_t height, width;
+  int64_t batch, height, width;  // of the input
 };
 
 // Box and per-row/per-column bin ranges of one RoI.
@@ -51,7 +51,7 @@ struct RoiBins {
   void compute(const scalar_t* roi, const Params& p) {
     box = roi_box(static_cast<double>(roi[0]), static_cast<double>(roi[1]),
                   static_cast<double>(roi[2]), static_cast<double>(roi[3]),
-                  static_cast<double>(roi[4]), p.spatial_scale);
+                  static_cast<double>(roi[4]), p.spatial_scale, p.batch);
     rows.resize(p.pooled_height);
     cols.resize(p.pooled_width);
     for (int64_t ph = 0; ph < p.pooled_height; ++ph)
@@ -254,7 +254,7 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
         rb.compute(roi_data + k * 5, p);
         scalar_t* out_roi = out + k * channels * bins;
         int32_t* am_roi = amax + k * channels * bins;
-        if (!rb.box.valid || rb.box.batch_index < 0 || rb.box.batch_index >= batch) {
+        if (!rb.box.valid) {
           std::fill(out_roi, out_roi + channels * bins, nan);
           std::fill(am_roi, am_roi + channels * bins, -1);
           continue;
@@ -297,7 +297,7 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
       }
       scalar_t* o = out + item * bins;
       int32_t* ao = amax + item * bins;
-      if (!rb.box.valid || rb.box.batch_index < 0 || rb.box.batch_index >= batch) {
+      if (!rb.box.valid) {
         std::fill(o, o + bins, nan);
         std::fill(ao, ao + bins, -1);
         continue;
@@ -345,7 +345,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
                                 input.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
 
-  const Params p{spatial_scale, pooled_height, pooled_width, input.size(2), input.size(3)};
+  const Params p{spatial_scale, pooled_height, pooled_width, input.size(0), input.size(2),
+                 input.size(3)};
   at::Tensor rois_c = rois.contiguous();
   if (input.size(2) * input.size(3) == 0) {  // every bin is empty
     output.zero_();
@@ -395,9 +396,8 @@ void roi_pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
     const scalar_t* r = roi_data + k * 5;
     const RoiBox box = roi_box(static_cast<double>(r[0]), static_cast<double>(r[1]),
                                static_cast<double>(r[2]), static_cast<double>(r[3]),
-                               static_cast<double>(r[4]), p.spatial_scale);
-    if (box.valid && box.batch_index >= 0 && box.batch_index < batch)
-      rois_of[box.batch_index].push_back(k);
+                               static_cast<double>(r[4]), p.spatial_scale, p.batch);
+    if (box.valid) rois_of[box.batch_index].push_back(k);
   }
   const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch);
   int64_t block = (channels + want - 1) / want;
@@ -449,7 +449,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   at::Tensor buf =
       at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
   if (grad.numel() > 0 && buf.numel() > 0) {
-    const Params p{spatial_scale, pooled_height, pooled_width, height, width};
+    const Params p{spatial_scale, pooled_height, pooled_width, batch_size, height, width};
     at::Tensor rois_c = rois.contiguous();
     at::Tensor argmax_c = argmax.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(

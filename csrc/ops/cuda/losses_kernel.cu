@@ -7,7 +7,9 @@
 // No float atomics, and nothing waits on the host.
 //
 // Out-of-range multiclass targets cannot raise without a host sync: the CUDA kernels turn
-// them into NaN statistics (so the loss is NaN) instead. The CPU kernels raise ValueError.
+// them into NaN statistics (every statistic of every class of that sample, so the loss is
+// NaN for every reduction) and a NaN gradient at that pixel instead. The CPU kernels raise
+// ValueError. Launch shapes are ops/losses_launch.h.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -23,14 +25,15 @@
 #include "common/cuda_utils.cuh"
 #include "ops/losses.h"
 #include "ops/losses_checks.h"
+#include "ops/losses_launch.h"
 
 namespace cvops {
 namespace {
 
 using namespace loss_math;
+using namespace loss_launch;
 
-constexpr int kThreads = 256;
-constexpr int64_t kChunk = kThreads * 16;  // elements per block partial
+constexpr int kThreads = kStatsThreads;
 
 template <typename F>
 void dispatch_gamma(double gamma, F&& f) {
@@ -133,25 +136,29 @@ __device__ inline void block_reduce_store(acc_t (&v)[kNumStats], acc_t* __restri
     __syncthreads();
   }
   if (threadIdx.x < kNumStats) out[threadIdx.x] = sh[threadIdx.x][0];
+  __syncthreads();  // sh is reused by the block's next tile
 }
 
-// stats[r, j] = sum over chunks of partial[r, k, j], in chunk order.
+// stats[r, j] = sum over chunks of partial[r, k, j], in chunk order, in double as on the CPU
+// (a float sum of 1e8 elements' partials could be off by 1e-3 relative).
 template <typename acc_t>
 __global__ void finish_stats_kernel(int64_t rows, int64_t chunks,
                                     const acc_t* __restrict__ partial, acc_t* __restrict__ stats) {
   CVOPS_CUDA_KERNEL_LOOP(i, rows * kNumStats) {
     const int64_t r = i / kNumStats, j = i % kNumStats;
-    acc_t s = 0;
-    for (int64_t k = 0; k < chunks; ++k) s += partial[(r * chunks + k) * kNumStats + j];
-    stats[i] = s;
+    double s = 0;
+    for (int64_t k = 0; k < chunks; ++k)
+      s += static_cast<double>(partial[(r * chunks + k) * kNumStats + j]);
+    stats[i] = static_cast<acc_t>(s);
   }
 }
 
 // ---------------------------------------------------------------------------------------
-// Row statistics (binary / multilabel / sigmoid focal reductions). grid = (chunks, rows).
+// Row statistics (binary / multilabel / sigmoid focal reductions): one block per (row, chunk)
+// tile, tiles in gridDim.x (ops/losses_launch.h).
 // ---------------------------------------------------------------------------------------
 struct RowArgs {
-  int64_t len, chunks;
+  int64_t len, tiles;
   bool from_logits, has_ignore, dice, focal;
   double ignore;
   FocalArgs fa;
@@ -175,30 +182,33 @@ __global__ void row_stats_kernel(const scalar_t* __restrict__ x, const scalar_t*
                                  RowArgs a, at::opmath_type<scalar_t>* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = ScalarMath<acc_t>;
-  const int64_t row = blockIdx.y, k = blockIdx.x;
-  const int64_t begin = k * kChunk, end = min_of(a.len, begin + kChunk);
   const acc_t gm = a.fa.gamma, ign = a.ignore;
   acc_t a1, a0;
   alpha_weights(a, a1, a0);
-  acc_t v[kNumStats] = {0, 0, 0, 0, 0};
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const acc_t xv = static_cast<acc_t>(x[row * a.len + i]);
-    acc_t tv = static_cast<acc_t>(t[row * a.len + i]);
-    if (a.has_ignore && tv == ign) continue;
-    if (a.dice) {
-      acc_t p = xv;
-      if (a.from_logits) {
-        acc_t q, l;
-        sigmoid_parts<M>(xv, p, q, l);
+  for (int64_t tile = blockIdx.x; tile < a.tiles; tile += gridDim.x) {
+    const StatsTile tl = stats_tile(tile, a.len);
+    const scalar_t* xr = x + tl.row * a.len;
+    const scalar_t* tr = t + tl.row * a.len;
+    acc_t v[kNumStats] = {0, 0, 0, 0, 0};
+    for (int64_t i = tl.begin + threadIdx.x; i < tl.end; i += kThreads) {
+      const acc_t xv = static_cast<acc_t>(xr[i]);
+      const acc_t tv = static_cast<acc_t>(tr[i]);
+      if (a.has_ignore && tv == ign) continue;
+      if (a.dice) {
+        acc_t p = xv;
+        if (a.from_logits) {
+          acc_t q, l;
+          sigmoid_parts<M>(xv, p, q, l);
+        }
+        v[kStatD] += abs_diff<M>(p, tv);
+        v[kStatP] += p;
+        v[kStatT] += tv;
       }
-      v[kStatD] += abs_diff<M>(p, tv);
-      v[kStatP] += p;
-      v[kStatT] += tv;
+      if (a.focal) v[kStatF] += sigmoid_focal_term<G, M>(xv, tv, a1, a0, gm);
+      v[kStatM] += acc_t(1);
     }
-    if (a.focal) v[kStatF] += sigmoid_focal_term<G, M>(xv, tv, a1, a0, gm);
-    v[kStatM] += acc_t(1);
+    block_reduce_store(v, partial + tile * kNumStats);
   }
-  block_reduce_store(v, partial + (row * a.chunks + k) * kNumStats);
 }
 
 template <typename scalar_t, int G>
@@ -236,13 +246,13 @@ __global__ void row_stats_backward_kernel(int64_t total, const double* __restric
 // Multiclass: x [N, C, L], y [N, L] int64.
 // ---------------------------------------------------------------------------------------
 struct ClassArgs {
-  int64_t batch, classes, len, chunks;
+  int64_t batch, classes, len, tiles;
   bool from_logits, has_ignore, focal;
   int64_t ignore;
   double gamma;
 };
 
-// Class of pixel (b, s): -1 when ignored, -2 when out of range (NaN statistics).
+// Class of pixel (b, s): -1 when ignored, -2 when out of range (NaN statistics and gradient).
 __device__ inline int64_t pixel_class(const int64_t* y, int64_t i, const ClassArgs& a) {
   const int64_t v = y[i];
   if (a.has_ignore && v == a.ignore) return -1;
@@ -250,10 +260,10 @@ __device__ inline int64_t pixel_class(const int64_t* y, int64_t i, const ClassAr
   return v;
 }
 
-// lse[b, s] = logsumexp over classes (NaN for an out-of-range target).
+// lse[b, s] = logsumexp over classes.
 template <typename scalar_t>
-__global__ void pixel_lse_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ y,
-                                 ClassArgs a, at::opmath_type<scalar_t>* __restrict__ lse) {
+__global__ void pixel_lse_kernel(const scalar_t* __restrict__ x, ClassArgs a,
+                                 at::opmath_type<scalar_t>* __restrict__ lse) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = ScalarMath<acc_t>;
   CVOPS_CUDA_KERNEL_LOOP(i, a.batch * a.len) {
@@ -269,12 +279,11 @@ __global__ void pixel_lse_kernel(const scalar_t* __restrict__ x, const int64_t* 
         sum += M::exp(static_cast<acc_t>(xp[c * a.len]) - mx);
       r = mx + M::log(sum);
     }
-    if (pixel_class(y, i, a) == -2) r = std::numeric_limits<acc_t>::quiet_NaN();
     lse[i] = r;
   }
 }
 
-// grid = (chunks, batch * classes): sums over the pixels of one (b, c) row.
+// One block per (row, chunk) tile, row = (b, c): sums over the pixels of the chunk.
 template <typename scalar_t, int G>
 __global__ void class_stats_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ y,
                                    const at::opmath_type<scalar_t>* __restrict__ lse,
@@ -282,29 +291,34 @@ __global__ void class_stats_kernel(const scalar_t* __restrict__ x, const int64_t
                                    at::opmath_type<scalar_t>* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = ScalarMath<acc_t>;
-  const int64_t row = blockIdx.y, k = blockIdx.x;
-  const int64_t b = row / a.classes, c = row % a.classes;
-  const int64_t begin = k * kChunk, end = min_of(a.len, begin + kChunk);
-  const acc_t ac = alpha[c], gm = a.gamma;
-  acc_t v[kNumStats] = {0, 0, 0, 0, 0};
-  for (int64_t s = begin + threadIdx.x; s < end; s += kThreads) {
-    const int64_t cls = pixel_class(y, b * a.len + s, a);
-    if (cls == -1) continue;
-    const acc_t xv = static_cast<acc_t>(x[row * a.len + s]);
-    const acc_t l = lse[b * a.len + s];  // NaN when cls == -2
-    const acc_t t = cls == c ? acc_t(1) : acc_t(0);
-    acc_t p = xv + l * acc_t(0);  // propagates the NaN of a bad target
-    if (a.from_logits) {
-      const acc_t logp = xv - l;
-      p = M::exp(logp);
-      if (a.focal && cls == c) v[kStatF] += softmax_focal_term<G, M>(logp, p, ac, gm);
+  const acc_t gm = a.gamma;
+  for (int64_t tile = blockIdx.x; tile < a.tiles; tile += gridDim.x) {
+    const StatsTile tl = stats_tile(tile, a.len);
+    const int64_t b = tl.row / a.classes, c = tl.row % a.classes;
+    const acc_t ac = alpha[c];
+    acc_t v[kNumStats] = {0, 0, 0, 0, 0};
+    for (int64_t s = tl.begin + threadIdx.x; s < tl.end; s += kThreads) {
+      const int64_t cls = pixel_class(y, b * a.len + s, a);
+      if (cls == -1) continue;
+      if (cls == -2) {  // every statistic NaN: the loss is NaN whatever the reduction
+        for (int j = 0; j < kNumStats; ++j) v[j] = std::numeric_limits<acc_t>::quiet_NaN();
+        continue;
+      }
+      const acc_t xv = static_cast<acc_t>(x[tl.row * a.len + s]);
+      const acc_t t = cls == c ? acc_t(1) : acc_t(0);
+      acc_t p = xv;
+      if (a.from_logits) {
+        const acc_t logp = xv - lse[b * a.len + s];
+        p = M::exp(logp);
+        if (a.focal && cls == c) v[kStatF] += softmax_focal_term<G, M>(logp, p, ac, gm);
+      }
+      v[kStatD] += abs_diff<M>(p, t);
+      v[kStatP] += p;
+      v[kStatT] += t;
+      v[kStatM] += t;
     }
-    v[kStatD] += abs_diff<M>(p, t);
-    v[kStatP] += p;
-    v[kStatT] += t;
-    v[kStatM] += t;
+    block_reduce_store(v, partial + tile * kNumStats);
   }
-  block_reduce_store(v, partial + (row * a.chunks + k) * kNumStats);
 }
 
 // One thread per pixel: three passes over the classes (max, sums, write).
@@ -322,8 +336,10 @@ __global__ void class_backward_kernel(const double* __restrict__ gstats,
     const int64_t off = b * a.classes * a.len + s;
     const double* gs = gstats + b * a.classes * kNumStats;
     const int64_t cls = pixel_class(y, i, a);
-    if (cls < 0) {
-      for (int64_t c = 0; c < a.classes; ++c) dx[off + c * a.len] = scalar_t(0);
+    if (cls < 0) {  // ignored: no gradient; out of range: NaN, like its statistics
+      const scalar_t fill = static_cast<scalar_t>(
+          cls == -1 ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN());
+      for (int64_t c = 0; c < a.classes; ++c) dx[off + c * a.len] = fill;
       continue;
     }
     acc_t lse = 0;
@@ -369,6 +385,11 @@ __global__ void class_backward_kernel(const double* __restrict__ gstats,
 // Host side
 // ---------------------------------------------------------------------------------------
 
+// Grid of a stats kernel: one block per (row, chunk) tile (ops/losses_launch.h).
+inline unsigned stats_grid(int64_t rows, int64_t len) {
+  return static_cast<unsigned>(stats_blocks(rows, len));
+}
+
 // Statistics [rows, kNumStats] (op-math dtype) of contiguous x, t [rows, len].
 at::Tensor row_stats_cuda(const at::Tensor& x, const at::Tensor& t, int64_t rows, int64_t len,
                           RowArgs a) {
@@ -376,29 +397,24 @@ at::Tensor row_stats_cuda(const at::Tensor& x, const at::Tensor& t, int64_t rows
   at::Tensor stats = at::zeros({rows, kNumStats}, x.options().dtype(acc));
   if (rows == 0 || len == 0) return stats;
   a.len = len;
-  a.chunks = (len + kChunk - 1) / kChunk;
-  TORCH_CHECK_VALUE(rows <= 65535, "cvops: too many (sample, class) rows for one launch: ", rows);
-  at::Tensor partial = at::empty({rows, a.chunks, kNumStats}, x.options().dtype(acc));
+  a.tiles = stats_tiles(rows, len);
+  const int64_t chunks = stats_chunks(len);
+  at::Tensor partial = at::empty({rows, chunks, kNumStats}, x.options().dtype(acc));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned>(a.chunks), static_cast<unsigned>(rows));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cvops_row_stats",
-                                  [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
-                                    dispatch_gamma(a.fa.gamma, [&](auto gtag) {
-                                      row_stats_kernel<scalar_t, decltype(gtag)::value>
-                                          <<<grid, kThreads, 0, stream>>>(
-                                              x.const_data_ptr<scalar_t>(),
-                                              t.const_data_ptr<scalar_t>(), a,
-                                              partial.mutable_data_ptr<acc_t>());
-                                      C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                    });
-                                    finish_stats_kernel<acc_t>
-                                        <<<cuda_blocks(rows * kNumStats), kCudaThreads, 0,
-                                           stream>>>(rows, a.chunks,
-                                                     partial.const_data_ptr<acc_t>(),
-                                                     stats.mutable_data_ptr<acc_t>());
-                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "cvops_row_stats", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        dispatch_gamma(a.fa.gamma, [&](auto gtag) {
+          row_stats_kernel<scalar_t, decltype(gtag)::value>
+              <<<stats_grid(rows, len), kThreads, 0, stream>>>(
+                  x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), a,
+                  partial.mutable_data_ptr<acc_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+        finish_stats_kernel<acc_t><<<cuda_blocks(rows * kNumStats), kCudaThreads, 0, stream>>>(
+            rows, chunks, partial.const_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return stats;
 }
 
@@ -501,29 +517,27 @@ at::Tensor loss_stats_cuda(const at::Tensor& input, const at::Tensor& target,
   const auto acc = at::toOpMathType(x.scalar_type());
   at::Tensor stats = at::zeros({N, C, kNumStats}, x.options().dtype(acc));
   if (N * C == 0 || L == 0) return stats;
-  ClassArgs a{N, C, L, (L + kChunk - 1) / kChunk, from_logits, has_ignore, focal, ignore_index,
-              gamma};
-  TORCH_CHECK_VALUE(N * C <= 65535, op, ": too many (sample, class) rows for one launch: ",
-                    N * C);
+  const ClassArgs a{N,     C,          L,     stats_tiles(N * C, L), from_logits, has_ignore,
+                    focal, ignore_index, gamma};
+  const int64_t chunks = stats_chunks(L);
   at::Tensor lse = at::empty({N, L}, x.options().dtype(acc));
-  at::Tensor partial = at::empty({N * C, a.chunks, kNumStats}, x.options().dtype(acc));
+  at::Tensor partial = at::empty({N * C, chunks, kNumStats}, x.options().dtype(acc));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     pixel_lse_kernel<scalar_t><<<cuda_blocks(N * L), kCudaThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), a,
-        lse.mutable_data_ptr<acc_t>());
+        x.const_data_ptr<scalar_t>(), a, lse.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const dim3 grid(static_cast<unsigned>(a.chunks), static_cast<unsigned>(N * C));
     dispatch_gamma(gamma, [&](auto gtag) {
-      class_stats_kernel<scalar_t, decltype(gtag)::value><<<grid, kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
-          lse.const_data_ptr<acc_t>(), al.const_data_ptr<double>(), a,
-          partial.mutable_data_ptr<acc_t>());
+      class_stats_kernel<scalar_t, decltype(gtag)::value>
+          <<<stats_grid(N * C, L), kThreads, 0, stream>>>(
+              x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
+              lse.const_data_ptr<acc_t>(), al.const_data_ptr<double>(), a,
+              partial.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     finish_stats_kernel<acc_t><<<cuda_blocks(N * C * kNumStats), kCudaThreads, 0, stream>>>(
-        N * C, a.chunks, partial.const_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>());
+        N * C, chunks, partial.const_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return stats;

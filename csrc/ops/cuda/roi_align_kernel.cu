@@ -33,7 +33,7 @@ __device__ inline RoiGeometry<acc_t> geometry_of(const scalar_t* roi, acc_t spat
   return roi_geometry<acc_t>(static_cast<acc_t>(roi[0]), static_cast<acc_t>(roi[1]),
                              static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]),
                              static_cast<acc_t>(roi[4]), spatial_scale, s.aligned,
-                             s.pooled_height, s.pooled_width, s.sampling_ratio);
+                             s.pooled_height, s.pooled_width, s.sampling_ratio, s.batch);
 }
 
 // One thread per output element (k, c, ph, pw) of a contiguous [K, C, PH, PW] output.
@@ -47,8 +47,9 @@ __global__ void roi_align_forward_kernel(index_t total, const scalar_t* __restri
     const BinIndex<index_t> bin(index, s.channels, s.pooled_height, s.pooled_width);
     const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
     const auto g = geometry_of<acc_t>(rois + k * 5, spatial_scale, s);
-    // A bad batch index only gets here when validation was skipped (graph capture).
-    if (!g.valid || g.batch_index < 0 || g.batch_index >= s.batch) {
+    // Invalid: a non-finite box, or a batch index naming no image (it only gets here when
+    // validation was skipped under graph capture; common/roi_batch_index.h).
+    if (!g.valid) {
       output[index] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
       continue;
     }
@@ -88,7 +89,7 @@ __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restr
     const BinIndex<index_t> bin(index, s.channels, s.pooled_height, s.pooled_width);
     const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
     const auto g = geometry_of<acc_t>(rois + k * 5, spatial_scale, s);
-    if (!g.valid || g.batch_index < 0 || g.batch_index >= s.batch) continue;
+    if (!g.valid) continue;
     const acc_t gv =
         static_cast<acc_t>(grad[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]) / g.count;
     const int64_t plane = (g.batch_index * s.channels + c) * s.height * s.width;

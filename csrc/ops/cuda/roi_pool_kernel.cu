@@ -46,9 +46,10 @@ __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restric
     const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
     const scalar_t* roi = rois + k * 5;
     const RoiBox box = roi_box(to_double(roi[0]), to_double(roi[1]), to_double(roi[2]),
-                               to_double(roi[3]), to_double(roi[4]), spatial_scale);
-    // A bad batch index only gets here when validation was skipped (graph capture).
-    if (!box.valid || box.batch_index < 0 || box.batch_index >= s.batch) {
+                               to_double(roi[3]), to_double(roi[4]), spatial_scale, s.batch);
+    // Invalid: a non-finite box, or a batch index naming no image (it only gets here when
+    // validation was skipped under graph capture; common/roi_batch_index.h).
+    if (!box.valid) {
       output[index] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
       argmax[index] = -1;
       continue;
@@ -100,9 +101,11 @@ __global__ void roi_pool_backward_kernel(index_t total, const scalar_t* __restri
     if (idx < 0 || idx >= plane_size) continue;
     const BinIndex<index_t> bin(index, s.channels, s.pooled_height, s.pooled_width);
     const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
-    const double b = to_double(rois[k * 5]);
-    if (!(b >= 0 && b < static_cast<double>(s.batch))) continue;  // also NaN
-    const int64_t n = static_cast<int64_t>(b);
+    const scalar_t* roi = rois + k * 5;
+    // Invalid RoIs (non-finite box, bad batch index) get no gradient, as on the CPU.
+    const int64_t n = roi_image(to_double(roi[0]), to_double(roi[1]), to_double(roi[2]),
+                                to_double(roi[3]), to_double(roi[4]), s.batch);
+    if (n < 0) continue;
     const acc_t g = static_cast<acc_t>(grad[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]);
     accumulate((n * s.channels + c) * plane_size + idx, g);
   }
