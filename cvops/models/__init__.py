@@ -4,8 +4,17 @@ Parameter and buffer names follow the reference implementation users have checkp
 (torchvision or timm), so a reference ``state_dict`` loads with ``strict=True``.
 """
 
-from . import classification  # noqa: E402, F401  (registers the classifiers)
+# importing the families registers their builders
+from . import classification, segmentation  # noqa: E402, F401
 from ._registry import get_model, get_model_builder, list_models, register_model
 from .classification import *  # noqa: E402, F401, F403
+from .segmentation import *  # noqa: E402, F401, F403
 
-__all__ = ["classification", "get_model", "get_model_builder", "list_models", "register_model"]
+__all__ = [
+    "classification",
+    "segmentation",
+    "get_model",
+    "get_model_builder",
+    "list_models",
+    "register_model",
+]
