@@ -58,3 +58,78 @@ def test_fault_counter_counts_first_writes_to_fresh_pages():
         times = counter.time(fn, "cpu", 1, 0.01)
         per_call = counter.per_call(sorted(times)[len(times) // 2])
         assert lo <= per_call < hi
+
+
+def test_speedup_chart_is_log_scaled_with_a_line_at_1x():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from cvops.bench.__main__ import speedup_figure
+    from cvops.bench.harness import Result
+
+    results = [
+        Result("op", "case %d" % i, "cpu", "float32", "ref", 1.0, ref_ms)
+        for i, ref_ms in enumerate([0.5, 1.5, 40.0])
+    ]
+    fig = speedup_figure(results, "title")
+    try:
+        (ax,) = fig.axes
+        assert ax.get_xscale() == "log"
+        lo, hi = ax.get_xlim()
+        assert lo < 0.5 and hi > 40  # every bar and its label inside
+        assert any(list(line.get_xdata()) == [1.0, 1.0] for line in ax.get_lines())
+        # bars start at 1x: the slowdown points left, the speedups right
+        spans = sorted((p.get_x(), p.get_x() + p.get_width()) for p in ax.patches)
+        assert [tuple(sorted(s)) for s in spans] == [(0.5, 1.0), (1.0, 1.5), (1.0, 40.0)]
+    finally:
+        plt.close(fig)
+
+
+def test_mobilenet_v2_inference_rows_separate_the_depthwise_kernel_from_bn_folding():
+    import torch
+
+    from cvops.bench.cases import models
+    from cvops.bench.harness import registered_cases
+
+    rows = {c.case: c.reference for c in registered_cases() if c.op == "mobilenet_v2"}
+    assert rows == {
+        "batch 8 224x224 inference": "torchvision",
+        "batch 8 224x224 inference, BN unfolded (depthwise kernel alone)": "torchvision",
+        "batch 8 224x224 inference, BN folding alone": "cvops, BN unfolded",
+        "batch 8 224x224 training step (SGD)": "torchvision",
+    }
+    x = torch.randn(1, 3, 64, 64)
+    unfolded = models._cvops_unfolded("cpu", x)  # raises unless every BatchNorm ran
+    folded, ref = models._models("cpu")
+    with torch.inference_mode():
+        want = ref.eval()(x)
+        torch.testing.assert_close(unfolded(x), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(folded.eval()(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_segmentation_cases_run_and_compare_the_same_loss():
+    pytest.importorskip("segmentation_models_pytorch")
+    import torch
+
+    from cvops.bench.cases import segmentation as seg
+    from cvops.bench.harness import registered_cases
+
+    cases = [c for c in registered_cases() if c.op == "segmentation"]
+    assert len(cases) == 2 and any("only the loss differs" in c.case for c in cases)
+    for case in cases:  # make() checks that the two losses agree; one call of each side
+        for step in case.make("cpu"):
+            step()
+
+    # the same math: values and gradients, with ignored pixels present
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(seg.LOGITS, generator=g, dtype=torch.float64)
+    t = seg.segmentation_target(g, "cpu")
+    assert (t == seg.IGNORE).any()
+    grads = []
+    for loss in (seg.cvops_loss, seg.smp_loss()):
+        xg = x.clone().requires_grad_()
+        loss(xg, t).backward()
+        grads.append(xg.grad)
+    ours, ref = seg.check_losses_agree(x, t, rtol=1e-10)
+    assert ours > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-12)

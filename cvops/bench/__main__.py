@@ -67,24 +67,44 @@ def _table(results):
     return "\n".join(lines)
 
 
-def _plot(results, path, title):
+def speedup_figure(results, title):
+    """Horizontal speedup bars on a log axis with a line at 1x: a 40x bar would squash the
+    1-3x ones on a linear axis, and on a log axis 0.5x is as far left as 2x is right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     labels = ["%s: %s" % (r.op, r.case) for r in results]
     speed = [r.speedup for r in results]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(results) + 1.2))
-    ax.barh(range(len(results)), speed, color=["tab:green" if s >= 1 else "tab:red" for s in speed])
-    ax.axvline(1.0, color="k", lw=0.8)
+    # bars start at 1x, so a slowdown points left and a speedup right
+    ax.barh(
+        range(len(results)),
+        [s - 1 for s in speed],
+        left=1.0,
+        color=["tab:green" if s >= 1 else "tab:red" for s in speed],
+    )
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="k", lw=1.0)
+    lo, hi = min(speed + [1.0]), max(speed + [1.0])
+    ax.set_xlim(lo / 1.6, hi * 2.2)  # room for the labels
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "%gx" % v))
     ax.set_yticks(range(len(results)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("speedup over reference (x)")
+    ax.set_xlabel("speedup over reference (log scale; the line is 1x)")
     ax.set_title(title, fontsize=9)
     for i, s in enumerate(speed):
-        ax.text(s, i, " %.2fx" % s, va="center", fontsize=8)
+        ax.text(s, i, " %.2fx " % s, va="center", ha="left" if s >= 1 else "right", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _plot(results, path, title):
+    import matplotlib.pyplot as plt
+
+    fig = speedup_figure(results, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -34,6 +34,9 @@ class BenchCase:
     make: MakeFns
     reference: str = "torchvision"
     devices: Tuple[str, ...] = ("cpu", "cuda")
+    # Bytes one cvops call must read and write at the least (memory-bound ops: the losses),
+    # for a GB/s figure against the device's copy bandwidth; None where that means nothing.
+    bytes: Optional[int] = None
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Result:
     # CPU: minor page faults per timed call (FaultCounter), None elsewhere
     cvops_faults: Optional[float] = None
     reference_faults: Optional[float] = None
+    bytes: Optional[int] = None  # BenchCase.bytes
 
     @property
     def speedup(self) -> float:
@@ -181,4 +185,5 @@ def run_case(
         ref_ms,
         ours_f.per_call(ours_ms) if cpu else None,
         ref_f.per_call(ref_ms) if cpu else None,
+        case.bytes,
     )

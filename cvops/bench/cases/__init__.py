@@ -6,3 +6,4 @@ from . import models as _models  # noqa: F401
 from . import nms as _nms  # noqa: F401  (one line per op family keeps merges trivial)
 from . import roi_align  # noqa: F401
 from . import roi_pool as _roi_pool  # noqa: F401
+from . import segmentation as _segmentation  # noqa: F401

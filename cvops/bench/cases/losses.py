@@ -15,6 +15,18 @@ _SEG = (8, 21, 256, 256)
 _BIN = (16, 1, 512, 512)
 
 
+def _min_bytes(shape, target, backward):
+    """The least traffic of one fused call on float32 logits of ``shape``: the forward reads
+    logits and targets (``target``: "float" same shape, "index" int64 without the class dim),
+    the backward reads both again and writes the logits' gradient."""
+    n = 1
+    for s in shape:
+        n *= s
+    x = 4 * n
+    t = x if target == "float" else 8 * (n // shape[1])
+    return (x + t) * (2 if backward else 1) + (x if backward else 0)
+
+
 def _fwd_bwd(fn, x, *args, **kwargs):
     xg = x.clone().requires_grad_()
 
@@ -94,13 +106,34 @@ def _dice_focal(device):
     return _fwd_bwd(cvops.dice_focal_loss, x, t), _fwd_bwd(separate, x, t)
 
 
-register(BenchCase("losses", "sigmoid_focal [100000,80] sum fwd", "float32", _sigmoid_focal(False)))
+_SEG_BYTES = _min_bytes(_SEG, "index", True)
+_BIN_BYTES = _min_bytes(_BIN, "float", True)
 register(
-    BenchCase("losses", "sigmoid_focal [100000,80] sum fwd+bwd", "float32", _sigmoid_focal(True))
+    BenchCase(
+        "losses",
+        "sigmoid_focal [100000,80] sum fwd",
+        "float32",
+        _sigmoid_focal(False),
+        bytes=_min_bytes(_RETINA, "float", False),
+    )
 )
 register(
     BenchCase(
-        "losses", "softmax_focal [8,21,256,256] fwd+bwd", "float32", _softmax_focal, "composed"
+        "losses",
+        "sigmoid_focal [100000,80] sum fwd+bwd",
+        "float32",
+        _sigmoid_focal(True),
+        bytes=_min_bytes(_RETINA, "float", True),
+    )
+)
+register(
+    BenchCase(
+        "losses",
+        "softmax_focal [8,21,256,256] fwd+bwd",
+        "float32",
+        _softmax_focal,
+        "composed",
+        bytes=_SEG_BYTES,
     )
 )
 register(
@@ -110,6 +143,7 @@ register(
         "float32",
         _dice(_SEG, "multiclass"),
         "composed (smp formula)",
+        bytes=_SEG_BYTES,
     )
 )
 register(
@@ -119,6 +153,7 @@ register(
         "float32",
         _dice(_BIN, "binary"),
         "composed (smp formula)",
+        bytes=_BIN_BYTES,
     )
 )
 register(
@@ -128,6 +163,7 @@ register(
         "float32",
         _dice_focal,
         "cvops dice + cvops focal",
+        bytes=_SEG_BYTES,
     )
 )
 # What users of segmentation_models_pytorch run today (its DiceLoss, not the lean formula
@@ -144,5 +180,6 @@ if importlib.util.find_spec("segmentation_models_pytorch") is not None:
                 "float32",
                 _smp_dice(_shape, _mode),
                 "smp.losses.DiceLoss",
+                bytes=_min_bytes(_shape, "index" if _mode == "multiclass" else "float", True),
             )
         )
