@@ -234,7 +234,7 @@ template <typename scalar_t>
 void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output,
                            at::Tensor& argmax, const Params& p, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t num_rois = rois.size(0), channels = input.size(1), batch = input.size(0);
+  const int64_t num_rois = rois.size(0), channels = input.size(1);
   const int64_t H = p.height, W = p.width, PH = p.pooled_height, PW = p.pooled_width;
   const int64_t bins = PH * PW;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
