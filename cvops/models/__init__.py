@@ -5,13 +5,15 @@ Parameter and buffer names follow the reference implementation users have checkp
 """
 
 # importing the families registers their builders
-from . import classification, segmentation  # noqa: E402, F401
+from . import classification, detection, segmentation  # noqa: E402, F401
 from ._registry import get_model, get_model_builder, list_models, register_model
 from .classification import *  # noqa: E402, F401, F403
+from .detection import *  # noqa: E402, F401, F403
 from .segmentation import *  # noqa: E402, F401, F403
 
 __all__ = [
     "classification",
+    "detection",
     "segmentation",
     "get_model",
     "get_model_builder",

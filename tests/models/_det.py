@@ -1,0 +1,97 @@
+"""Helpers for the detection model tests: inputs, targets, and an order-insensitive
+comparison of detections (random weights give exactly tied scores, and torchvision's NMS
+orders ties differently from ours)."""
+
+import torch
+import torchvision.models.detection as tvdet
+
+import cvops.models as cm
+
+from ._equiv import build_on_meta, randomize_constants_, transplant
+
+BOX_ATOL, SCORE_ATOL, MASK_IOU = 1e-3, 1e-4, 0.99
+
+
+def images(seed=0, sizes=((3, 120, 150), (3, 100, 90))):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(s, generator=g) for s in sizes]
+
+
+def targets(imgs, with_masks=False):
+    out = []
+    for i, img in enumerate(imgs):
+        h, w = img.shape[-2:]
+        boxes = torch.tensor([[5.0, 8.0, w * 0.6, h * 0.7], [w * 0.3, h * 0.2, w - 4.0, h - 6.0]])
+        t = {"boxes": boxes, "labels": torch.tensor([1 + i, 7])}
+        if with_masks:
+            masks = torch.zeros(2, h, w, dtype=torch.uint8)
+            for k, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+                masks[k, y1 + 2 : y2 - 2, x1 + 3 : x2 - 1] = 1
+            t["masks"] = masks
+        out.append(t)
+    return out
+
+
+def reference_and_ours(name, **kwargs):
+    """torchvision's ``name`` (weights=None, non-trivial BN statistics) and ours built with
+    the same options, its weights loaded with strict=True (and ours back into it)."""
+    torch.manual_seed(0)
+    ref = getattr(tvdet, name)(weights=None, weights_backbone=None, **kwargs)
+    randomize_constants_(ref)
+    ours = transplant(ref, build_on_meta(cm.get_model_builder(name), **kwargs))
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return ref, ours
+
+
+@torch.no_grad()
+def eval_both(ref, ours, imgs):
+    return ref.eval()(imgs), ours.eval()(imgs)
+
+
+def mask_iou(a, b):
+    a, b = a > 0.5, b > 0.5
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+def compare_detections(expected, actual, min_detections=10):
+    """Pair every reference detection with one of ours with the same label, score within
+    SCORE_ATOL and box within BOX_ATOL; returns the max box and score differences (and the
+    min mask IoU when there are masks)."""
+    max_box = max_score = 0.0
+    min_iou = 1.0
+    for e, a in zip(expected, actual, strict=True):
+        assert set(a) == set(e)
+        n = len(e["scores"])
+        assert len(a["scores"]) == n
+        assert n >= min_detections, "too few detections to compare"
+        box_d = (e["boxes"][:, None, :] - a["boxes"][None, :, :]).abs().amax(-1)
+        score_d = (e["scores"][:, None] - a["scores"][None, :]).abs()
+        ok = (e["labels"][:, None] == a["labels"][None, :]) & (box_d <= BOX_ATOL)
+        ok &= score_d <= SCORE_ATOL
+        used = torch.zeros(n, dtype=torch.bool)
+        for i in range(n):
+            cand = torch.where(ok[i] & ~used)[0]
+            assert len(cand) > 0, "reference detection %d has no match" % i
+            j = int(cand[0])
+            used[j] = True
+            max_box = max(max_box, box_d[i, j].item())
+            max_score = max(max_score, score_d[i, j].item())
+            if "masks" in e:
+                assert a["masks"][j].shape == e["masks"][i].shape
+                min_iou = min(min_iou, mask_iou(e["masks"][i], a["masks"][j]))
+    return max_box, max_score, min_iou
+
+
+def compare_losses(expected, actual, atol=1e-4):
+    assert set(actual) == set(expected)
+    diffs = {k: (actual[k] - expected[k]).abs().item() for k in expected}
+    assert max(diffs.values()) <= atol, diffs
+    assert all(torch.isfinite(v) and v.requires_grad for v in actual.values())
+    return diffs
+
+
+def train_losses(model, imgs, tgts, seed=0):
+    model.train()
+    torch.manual_seed(seed)
+    return model(imgs, tgts)
