@@ -125,7 +125,7 @@ echo "== benchmarks ($(date -u +%T))"
 summary bandwidth --device cuda --json "$OUT/copy_bandwidth.json"
 bench_rc=0
 for ops in losses roi_align roi_pool "nms batched_nms soft_nms nms_fixed" depthwise_conv2d \
-  mobilenet_v2; do
+  mobilenet_v2 "fasterrcnn_resnet50_fpn maskrcnn_resnet50_fpn"; do
   name="${ops%% *}"
   rm -rf "${OUT:?}/bench/$name"
   start=$SECONDS

@@ -133,3 +133,22 @@ def test_segmentation_cases_run_and_compare_the_same_loss():
     ours, ref = seg.check_losses_agree(x, t, rtol=1e-10)
     assert ours > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-12)
+
+
+def test_detection_cases_compare_the_same_detections(monkeypatch):
+    # At 128x128 instead of 512: make() builds both models with the same weights and refuses
+    # to time them unless they detect the same boxes; each side then runs once.
+    from cvops.bench.cases import detection
+    from cvops.bench.harness import registered_cases
+
+    monkeypatch.setattr(detection, "SIZE", 128)
+    monkeypatch.setitem(detection._OPTIONS, "min_size", 128)
+    monkeypatch.setitem(detection._OPTIONS, "max_size", 128)
+    cases = [c for c in registered_cases() if c.op == "fasterrcnn_resnet50_fpn"]
+    assert sorted(c.case.split(" ", 1)[1] for c in cases) == [
+        "inference, FrozenBN, 100 detections",
+        "training step (SGD)",
+    ]
+    for case in cases:
+        for step in case.make("cpu"):
+            step()

@@ -1,6 +1,7 @@
 """Benchmark cases, one module per op family; importing a module registers its cases."""
 
 from . import depthwise_conv2d as _depthwise_conv2d  # noqa: F401
+from . import detection as _detection  # noqa: F401
 from . import losses as _losses  # noqa: F401
 from . import models as _models  # noqa: F401
 from . import nms as _nms  # noqa: F401  (one line per op family keeps merges trivial)
