@@ -1,0 +1,14 @@
+"""Evaluation metrics for the cvops tasks."""
+
+from .coco import COCO_STAT_NAMES, CocoEvaluator, targets_as_outputs
+from .segmentation import ConfusionMatrix, confusion_matrix, logits_to_labels, metrics_from_matrix
+
+__all__ = [
+    "COCO_STAT_NAMES",
+    "CocoEvaluator",
+    "targets_as_outputs",
+    "ConfusionMatrix",
+    "confusion_matrix",
+    "logits_to_labels",
+    "metrics_from_matrix",
+]
