@@ -5,6 +5,8 @@
 
 The model name, its keywords and the number of classes come from the checkpoint (written by
 ``python -m cvops.train.segmentation``); ``--model`` only has to be given to override the name.
+A checkpoint of ``python -m cvops.train.detection`` gets its boxes (and masks) drawn instead,
+those scoring at least ``--score-thresh``.
 """
 
 import argparse
@@ -40,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
         help="pad the input to a multiple of this (edge values), crop the output",
     )
     p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument(
+        "--score-thresh", type=float, default=0.5, help="detectors: lowest score of a box drawn"
+    )
     p.add_argument("--device", default="cpu")
     return p
 
@@ -62,9 +67,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     device = resolve_device(args.device)
     ck = load_checkpoint(args.checkpoint)
     meta = ck.get("meta") or {}
+    if meta.get("task") == "detection":  # boxes (and masks) drawn by the detection task
+        from .train.detection import predict_file
+
+        predict_file(
+            args.checkpoint, args.image, args.out, args.score_thresh, args.alpha, args.device
+        )
+        return
     if meta.get("task") != "segmentation":
         raise SystemExit(
-            "%s is not a segmentation checkpoint of cvops.train.segmentation" % args.checkpoint
+            "%s is not a checkpoint of cvops.train.segmentation or cvops.train.detection"
+            % args.checkpoint
         )
     model = build_model(args.model or meta["model"], meta["out_channels"], **meta["model_kwargs"])
     model.load_state_dict(ck["model"])

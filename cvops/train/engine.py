@@ -188,6 +188,15 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Every process takes rank 0's buffers (BatchNorm running statistics). DDP syncs them
+    only at the start of a training forward, so after the last step each process holds the
+    statistics of its own batches; evaluation must see the model that is saved."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def all_reduce_sum(values: List[float], device) -> List[float]:
     """Sum of ``values`` over the processes (float64)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -490,6 +499,7 @@ class Engine:
     def evaluate(self) -> Dict[str, Any]:
         """Loss and the task's metrics on the whole validation set (all processes)."""
         device, model = self.dist.device, unwrap(self.model)
+        broadcast_buffers(model)
         model.eval()
         evaluator = self.task.evaluator()
         total, count = 0.0, 0
