@@ -176,7 +176,10 @@ def read_image(path: str) -> Tensor:
 
     with Image.open(path) as im:
         array = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+    # Transposed and scaled in numpy: torch's strided uint8 -> float copy of a permuted view
+    # took ~12 ms for a small image with 2 threads here, numpy ~0.1 ms.
+    planes = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+    return torch.from_numpy(planes).div_(255)
 
 
 def read_mask(path: str) -> Tensor:
