@@ -18,6 +18,7 @@ Losses are computed in float32 (logits from an autocast region are cast up first
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,21 +28,31 @@ LOSSES = ("ce", "dice", "focal", "dice_focal")
 
 
 def _masked_mean(loss: Tensor, valid: Tensor) -> Tensor:
-    # Mean over valid pixels; 0 (with a gradient path) when none is valid.
-    return (loss * valid).sum() / valid.sum().clamp_min(1)
+    # Mean over valid pixels; 0 (with a gradient path) when none is valid. A select, not
+    # loss * valid: an ignored pixel's NaN or infinite logit must not make 0 * inf = NaN.
+    kept = torch.where(valid, loss, torch.zeros_like(loss))
+    return kept.sum() / valid.sum().clamp_min(1).to(loss.dtype)
+
+
+def _valid_logits(logits: Tensor, valid: Tensor) -> Tensor:
+    # Ignored pixels' logits replaced by 0 before the loss: selecting the loss afterwards
+    # keeps the value finite, but the backward of BCE at a NaN logit is 0 * NaN = NaN.
+    x = logits[:, 0]
+    return torch.where(valid, x, torch.zeros_like(x))
 
 
 def _binary_ce(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
-    valid = (target != ignore_index).to(logits.dtype)
+    valid = target != ignore_index
     t = (target == 1).to(logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits[:, 0], t, reduction="none")
+    loss = F.binary_cross_entropy_with_logits(_valid_logits(logits, valid), t, reduction="none")
     return _masked_mean(loss, valid)
 
 
 def _binary_focal(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
-    valid = (target != ignore_index).to(logits.dtype)
+    valid = target != ignore_index
     t = (target == 1).to(logits.dtype)
-    return _masked_mean(sigmoid_focal_loss(logits[:, 0], t, reduction="none"), valid)
+    loss = sigmoid_focal_loss(_valid_logits(logits, valid), t, reduction="none")
+    return _masked_mean(loss, valid)
 
 
 def _binary_target(target: Tensor, ignore_index: int) -> Tensor:

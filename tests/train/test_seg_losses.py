@@ -38,6 +38,34 @@ def test_ignored_pixels_get_zero_gradient(name, binary):
         assert float(loss_fn(changed, target)) == pytest.approx(float(loss), rel=1e-5)
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["multiclass", "binary"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_needs_ops(n)) for n in LOSSES])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_at_ignored_pixels_change_nothing(name, binary, bad):
+    # As F.cross_entropy: an ignored pixel is skipped whatever its logits hold.
+    loss_fn = build_loss(name, binary=binary, ignore_index=255)
+    logits, target = _case(binary)
+    ignored = (target == 255).unsqueeze(1).expand_as(logits)
+    clean = loss_fn(logits, target)
+    poisoned = torch.where(ignored, torch.full_like(logits, bad), logits.detach())
+    poisoned.requires_grad_()
+    loss = loss_fn(poisoned, target)
+    loss.backward()
+    assert float(loss) == pytest.approx(float(clean), rel=1e-5)
+    if name == "ce" and not binary:
+        # F.cross_entropy itself: a finite loss, but log_softmax's backward gives the
+        # ignored non-finite pixels NaN (exp(NaN) * 0); the other pixels are unaffected.
+        torch.testing.assert_close(poisoned.grad[~ignored], _clean_grad(loss_fn, logits, target))
+        return
+    assert torch.isfinite(poisoned.grad).all() and poisoned.grad[ignored].abs().max() == 0
+
+
+def _clean_grad(loss_fn, logits, target):
+    x = logits.detach().clone().requires_grad_()
+    loss_fn(x, target).backward()
+    return x.grad[~(target == 255).unsqueeze(1).expand_as(x)]
+
+
 @requires_ops
 def test_values_match_the_functions():
     logits, target = _case(False)
