@@ -158,12 +158,12 @@ def collate(batch) -> Tuple[Tuple[List[Tensor], List[dict]], List[dict]]:
     return (images, targets), targets
 
 
-def total_loss(outputs) -> Tensor:
+def total_loss(outputs) -> Optional[Tensor]:
     """The sum of a detector's loss dict (training). Detections (evaluation) carry no loss:
-    NaN, which the engine writes as a null ``val_loss`` in metrics.json."""
+    None, so the engine records no ``val_loss``."""
     if isinstance(outputs, dict):
         return sum(outputs.values())
-    return torch.tensor(float("nan"))
+    return None
 
 
 def parse_model_args(items: Optional[Sequence[str]]) -> Dict[str, Any]:

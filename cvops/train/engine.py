@@ -113,7 +113,9 @@ class Task:
         """``(train, val)`` datasets; samples ``(inputs, targets)``."""
         raise NotImplementedError
 
-    def loss(self, outputs, targets) -> Tensor:
+    def loss(self, outputs, targets) -> Optional[Tensor]:
+        """The training loss; in evaluation, None where the outputs carry none (detectors
+        return detections in eval mode): the epoch then records no ``val_loss``."""
         raise NotImplementedError
 
     def evaluator(self):
@@ -507,9 +509,11 @@ class Engine:
             inputs, targets = to_device(inputs, device), to_device(targets, device)
             with autocast_context(device, self.cfg.amp):
                 outputs = model(inputs)
-            n = len(targets)
-            total += float(self.task.loss(outputs, targets)) * n
-            count += n
+            loss = self.task.loss(outputs, targets)
+            if loss is not None:
+                n = len(targets)
+                total += float(loss) * n
+                count += n
             evaluator.update(outputs, targets)
         s, n = all_reduce_sum([total, count], device)
         metrics = evaluator.compute(device)
