@@ -42,17 +42,31 @@ def _models(name: str, device: str):
     return ours.to(device), ref.to(device)
 
 
-def _same_detections(a, b):
+def _same_detections(a, b, min_matched: float = 0.95) -> bool:
+    """Whether two detectors' outputs agree: per image, the scores sorted in descending order
+    within 1e-4, and at least ``min_matched`` of the detections paired with one of the other
+    side's of the same label, score within 1e-4 and box within 1e-3. Random weights give
+    exactly tied scores and NMS keeps tied boxes in either order, and a tie at the 100-detection
+    cut can swap which box is kept: so a pairing, not an element-wise comparison."""
     for da, db in zip(a, b):
-        if not torch.equal(da["labels"], db["labels"]) or not torch.allclose(
-            da["boxes"], db["boxes"], rtol=0, atol=1e-3
-        ):
+        sa, sb = da["scores"], db["scores"]
+        if sa.shape != sb.shape:
+            return False
+        if not torch.allclose(sa.sort(descending=True)[0], sb.sort(descending=True)[0], atol=1e-4):
+            return False
+        close = (
+            (da["labels"][:, None] == db["labels"][None, :])
+            & ((sa[:, None] - sb[None, :]).abs() <= 1e-4)
+            & ((da["boxes"][:, None, :] - db["boxes"][None, :, :]).abs().amax(-1) <= 1e-3)
+        )
+        if len(sa) and close.any(1).float().mean() < min_matched:
             return False
     return True
 
 
 def _inference(name: str):
     def make(device):
+        torch.manual_seed(0)  # the same weights and image on every run
         ours, ref = _models(name, device)
         images = [torch.rand(3, SIZE, SIZE, device=device)]
         ours.eval()
