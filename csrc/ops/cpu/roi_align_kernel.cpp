@@ -88,15 +88,15 @@ double count_samples(const at::Tensor& rois, const Params& p) {
 }
 
 // Channels-last pays one transpose of the input (or gradient) and then runs vectorised.
-bool use_channels_last(const at::Tensor& rois, const Params& p, int64_t batch,
-                       int64_t channels, bool input_is_channels_last) {
+bool use_channels_last(const at::Tensor& rois, const Params& p, int64_t channels,
+                       bool input_is_channels_last) {
   if (input_is_channels_last) return true;
   if (channels < 4) return false;
   double samples = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rois.scalar_type(),
                                   "cvops_roi_align_cost",
                                   [&] { samples = count_samples<scalar_t>(rois, p); });
-  return samples >= static_cast<double>(batch * p.height * p.width);
+  return samples >= static_cast<double>(p.batch * p.height * p.width);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   const Params p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
                  input.size(0), input.size(2), input.size(3)};
   at::Tensor rois_c = rois.contiguous();
-  const bool cl = use_channels_last(rois_c, p, input.size(0), channels,
+  const bool cl = use_channels_last(rois_c, p, channels,
                                     input.is_contiguous(at::MemoryFormat::ChannelsLast));
   // For channels-last the [N, C, H, W] tensor with channels-last strides *is* [N, H, W, C].
   at::Tensor in = input.contiguous(cl ? at::MemoryFormat::ChannelsLast
@@ -210,10 +210,10 @@ inline void add_scaled(acc_t* dst, const acc_t* __restrict src, acc_t w, int64_t
 
 template <typename scalar_t>
 void roi_align_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
-                             at::Tensor& grad_buf, const Params& p, int64_t batch,
-                             int64_t channels, bool channels_last) {
+                             at::Tensor& grad_buf, const Params& p, int64_t channels,
+                             bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t num_rois = rois.size(0), H = p.height, W = p.width;
+  const int64_t num_rois = rois.size(0), batch = p.batch, H = p.height, W = p.width;
   const int64_t PH = p.pooled_height, PW = p.pooled_width;
   const scalar_t* g_data = grad.const_data_ptr<scalar_t>();
   const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2),
@@ -289,7 +289,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   const Params p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
                  batch_size, height, width};
   at::Tensor rois_c = rois.contiguous();
-  const bool cl = use_channels_last(rois_c, p, batch_size, channels, false);
+  const bool cl = use_channels_last(rois_c, p, channels, false);
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   // Accumulate in the op-math type (float for half/bfloat16).
   at::Tensor buf = cl ? at::zeros({batch_size, height, width, channels},
@@ -300,7 +300,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                     "cvops_roi_align_backward_cpu", [&] {
                                       roi_align_backward_impl<scalar_t>(
-                                          grad, rois_c, buf, p, batch_size, channels, cl);
+                                          grad, rois_c, buf, p, channels, cl);
                                     });
   }
   if (cl) buf = buf.permute({0, 3, 1, 2});

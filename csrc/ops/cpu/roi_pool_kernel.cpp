@@ -70,8 +70,8 @@ struct RoiBins {
 };
 
 // Channels-last pays one transpose of the input and then runs vectorised.
-bool use_channels_last(const at::Tensor& rois, const Params& p, int64_t batch,
-                       int64_t channels, bool input_is_channels_last) {
+bool use_channels_last(const at::Tensor& rois, const Params& p, int64_t channels,
+                       bool input_is_channels_last) {
   if (input_is_channels_last) return true;
   if (channels < 4) return false;
   double visits = 0;
@@ -85,7 +85,7 @@ bool use_channels_last(const at::Tensor& rois, const Params& p, int64_t batch,
           if (bins.box.valid) visits += bins.visits();
         }
       });
-  return visits >= static_cast<double>(batch * p.height * p.width);
+  return visits >= static_cast<double>(p.batch * p.height * p.width);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
     output.masked_fill_(bad.view({-1, 1, 1, 1}), std::numeric_limits<double>::quiet_NaN());
     return {output, argmax};
   }
-  const bool cl = use_channels_last(rois_c, p, input.size(0), channels,
+  const bool cl = use_channels_last(rois_c, p, channels,
                                     input.is_contiguous(at::MemoryFormat::ChannelsLast));
   // For channels-last the [N, C, H, W] tensor with channels-last strides *is* [N, H, W, C].
   at::Tensor in = input.contiguous(cl ? at::MemoryFormat::ChannelsLast
@@ -378,9 +378,9 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
 template <typename scalar_t>
 void roi_pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
                             const at::Tensor& argmax, at::Tensor& grad_buf, const Params& p,
-                            int64_t batch, int64_t channels) {
+                            int64_t channels) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t num_rois = rois.size(0), HW = p.height * p.width;
+  const int64_t num_rois = rois.size(0), batch = p.batch, HW = p.height * p.width;
   const int64_t PW = p.pooled_width, bins = p.pooled_height * PW;
   const scalar_t* g_data = grad.const_data_ptr<scalar_t>();
   const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2),
@@ -454,8 +454,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     at::Tensor argmax_c = argmax.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_pool_backward_cpu", [&] {
-          roi_pool_backward_impl<scalar_t>(grad, rois_c, argmax_c, buf, p, batch_size,
-                                           channels);
+          roi_pool_backward_impl<scalar_t>(grad, rois_c, argmax_c, buf, p, channels);
         });
   }
   return buf.to(grad.scalar_type());

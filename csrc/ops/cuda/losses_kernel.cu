@@ -517,8 +517,8 @@ at::Tensor loss_stats_cuda(const at::Tensor& input, const at::Tensor& target,
   const auto acc = at::toOpMathType(x.scalar_type());
   at::Tensor stats = at::zeros({N, C, kNumStats}, x.options().dtype(acc));
   if (N * C == 0 || L == 0) return stats;
-  const ClassArgs a{N,     C,          L,     stats_tiles(N * C, L), from_logits, has_ignore,
-                    focal, ignore_index, gamma};
+  const ClassArgs a{N, C, L, stats_tiles(N * C, L), from_logits, has_ignore, focal,
+                    ignore_index, gamma};
   const int64_t chunks = stats_chunks(L);
   at::Tensor lse = at::empty({N, L}, x.options().dtype(acc));
   at::Tensor partial = at::empty({N * C, chunks, kNumStats}, x.options().dtype(acc));
