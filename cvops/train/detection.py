@@ -20,7 +20,6 @@ docs/detection_data.md, "Training a detector".
 """
 
 import argparse
-import importlib
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -43,6 +42,8 @@ from .engine import (
     all_reduce_sum,
     config_from_args,
     load_checkpoint,
+    model_builder,
+    parse_key_values,
     resolve_device,
 )
 
@@ -99,20 +100,8 @@ def build_detector(
     if anchor_sizes:
         key = "anchor_generator" if family == "retinanet" else "rpn_anchor_generator"
         kwargs[key] = anchor_generator(family, anchor_sizes)
-    if ":" in model:
-        module, fn = model.split(":", 1)
-        builder = getattr(importlib.import_module(module), fn)
-        return builder(
-            num_classes=num_classes,
-            norm_layer=norm_layer,
-            trainable_backbone_layers=trainable_layers,
-            **kwargs,
-        )
-    if backbone is None or backbone in model:
-        from .. import models
-
-        return models.get_model(
-            model,
+    if ":" in model or backbone is None or backbone in model:
+        return model_builder(model)(
             num_classes=num_classes,
             norm_layer=norm_layer,
             trainable_backbone_layers=trainable_layers,
@@ -164,14 +153,6 @@ def total_loss(outputs) -> Optional[Tensor]:
     if isinstance(outputs, dict):
         return sum(outputs.values())
     return None
-
-
-def parse_model_args(items: Optional[Sequence[str]]) -> Dict[str, Any]:
-    """``["KEY=VALUE", ...]`` -> keywords (VALUE a Python literal, else the string), as the
-    segmentation command parses its ``--model-arg``."""
-    from .segmentation import model_kwargs
-
-    return model_kwargs("", argparse.Namespace(model_arg=items))
 
 
 # ---------------------------------------------------------------------------------- drawing
@@ -369,7 +350,7 @@ class DetectionTask(Task):
         for key, value in (("min_size", min_size), ("max_size", max_size)):
             if value:
                 kwargs[key] = value
-        kwargs.update(parse_model_args(a.model_arg))
+        kwargs.update(parse_key_values(a.model_arg))
         return {
             "backbone": a.backbone,
             "norm": a.norm,

@@ -21,13 +21,15 @@ the engine owns the rest:
 """
 
 import argparse
+import ast
 import dataclasses
+import importlib
 import json
 import math
 import os
 import time
 from contextlib import nullcontext
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -77,6 +79,31 @@ _FLAGS = (
     ("resume", str, "checkpoint to resume from ('last': OUT/checkpoint_last.pt)"),
     ("save_every", int, "also keep checkpoint_epochNNN.pt every N epochs (0: only the last)"),
 )
+
+
+def model_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of a registered model (``cvops.models``), or for ``"module:function"`` the
+    function of an importable module (a user's own model, built with the same keywords)."""
+    if ":" in name:
+        module, fn = name.split(":", 1)
+        return getattr(importlib.import_module(module), fn)
+    from .. import models
+
+    return models.get_model_builder(name)
+
+
+def parse_key_values(items: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """``--model-arg KEY=VALUE`` items as keywords: VALUE a Python literal, else the string."""
+    kwargs: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError("--model-arg expects KEY=VALUE, got %r" % item)
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value
+    return kwargs
 
 
 def add_engine_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:

@@ -9,8 +9,6 @@ and prediction overlaid, one row per validation sample). See docs/segmentation.m
 """
 
 import argparse
-import ast
-import importlib
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -27,7 +25,14 @@ from ..data import (
     voc_dataset,
 )
 from ..metrics import ConfusionMatrix, logits_to_labels
-from .engine import Engine, Task, add_engine_args, config_from_args
+from .engine import (
+    Engine,
+    Task,
+    add_engine_args,
+    config_from_args,
+    model_builder,
+    parse_key_values,
+)
 from .seg_losses import LOSSES, build_loss
 
 # Keyword arguments some models need beyond num_classes (the command's defaults for them).
@@ -37,14 +42,9 @@ MODEL_DEFAULTS = {
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """A registered model (``cvops.models.get_model(name, ...)``) or, for ``"module:function"``,
-    the builder ``function`` of an importable module, called with the same keywords."""
-    if ":" in name:
-        module, fn = name.split(":", 1)
-        return getattr(importlib.import_module(module), fn)(num_classes=num_classes, **kwargs)
-    from .. import models
-
-    return models.get_model(name, num_classes=num_classes, **kwargs)
+    """A registered model or, for ``"module:function"``, the builder ``function`` of an
+    importable module (:func:`engine.model_builder`), called with the same keywords."""
+    return model_builder(name)(num_classes=num_classes, **kwargs)
 
 
 def model_kwargs(name: str, args: argparse.Namespace) -> Dict[str, Any]:
@@ -54,14 +54,7 @@ def model_kwargs(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     for key in ("depth", "base_width"):
         if getattr(args, key, None) is not None:
             kwargs[key] = getattr(args, key)
-    for item in getattr(args, "model_arg", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError("--model-arg expects KEY=VALUE, got %r" % item)
-        try:
-            kwargs[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key.strip()] = value
+    kwargs.update(parse_key_values(getattr(args, "model_arg", None)))
     return kwargs
 
 
