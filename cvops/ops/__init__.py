@@ -3,6 +3,11 @@
 from . import boxes  # noqa: F401
 from .boxes import *  # noqa: F401, F403
 from .depthwise_conv2d import DepthwiseConv2d, depthwise_conv2d
+from .iou_losses import (  # noqa: F401
+    complete_box_iou_loss,
+    distance_box_iou_loss,
+    generalized_box_iou_loss,
+)
 from .losses import (  # noqa: F401
     DiceFocalLoss,
     DiceLoss,
@@ -23,3 +28,4 @@ __all__ += ["RoIPool", "roi_pool", "MultiScaleRoIAlign"]
 __all__ += ["DepthwiseConv2d", "depthwise_conv2d"]
 __all__ += ["sigmoid_focal_loss", "softmax_focal_loss", "dice_loss", "dice_focal_loss"]
 __all__ += ["FocalLoss", "DiceLoss", "DiceFocalLoss"]
+__all__ += ["complete_box_iou_loss", "distance_box_iou_loss", "generalized_box_iou_loss"]

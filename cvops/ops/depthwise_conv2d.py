@@ -6,20 +6,23 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from .. import extension
-from ._utils import pair
+from ._errors import call_op
+from ._utils import check_tensor, pair
 
 IntPair = Union[int, Tuple[int, int]]
 
 
+@torch.fx.wrap  # one node in torch.fx graphs
 def depthwise_conv2d(
     input: Tensor,
     weight: Tensor,
     bias: Optional[Tensor] = None,
-    stride: IntPair = 1,
-    padding: IntPair = 0,
-    dilation: IntPair = 1,
+    stride: BroadcastingList2[int] = 1,
+    padding: BroadcastingList2[int] = 0,
+    dilation: BroadcastingList2[int] = 1,
 ) -> Tensor:
     """Depthwise convolution, exactly ``F.conv2d(input, weight, bias, stride, padding,
     dilation, groups=input.shape[1])``.
@@ -37,24 +40,26 @@ def depthwise_conv2d(
 
     Bad input (wrong ranks, ``weight.size(0)`` not a multiple of ``C``, a dilated kernel
     larger than the padded input, non-positive stride/dilation, negative padding, dtype or
-    device mismatch) raises ``ValueError``/``TypeError`` naming the argument. The backward
-    is deterministic on CPU and CUDA (no floating-point atomics).
+    device mismatch) raises ``ValueError``/``TypeError`` naming the argument (the op's checks:
+    also ``RuntimeError``, the type of ``F.conv2d``'s errors). The backward is deterministic
+    on CPU and CUDA (no floating-point atomics). Scriptable.
     """
-    extension.require_ops()
-    if not isinstance(input, Tensor):
-        raise TypeError("input must be a Tensor, got %s" % type(input).__name__)
-    if not isinstance(weight, Tensor):
-        raise TypeError("weight must be a Tensor, got %s" % type(weight).__name__)
-    if bias is not None and not isinstance(bias, Tensor):
-        raise TypeError("bias must be a Tensor or None, got %s" % type(bias).__name__)
-    return torch.ops.cvops.depthwise_conv2d(
-        input,
-        weight,
-        bias,
-        list(pair(stride, "stride")),
-        list(pair(padding, "padding")),
-        list(pair(dilation, "dilation")),
-    )
+    if not torch.jit.is_scripting():
+        extension.require_ops()
+        check_tensor(input, "input")
+        check_tensor(weight, "weight")
+        if bias is not None and not isinstance(bias, Tensor):
+            raise TypeError("bias must be a Tensor or None, got %s" % type(bias).__name__)
+        return call_op(
+            torch.ops.cvops.depthwise_conv2d,
+            input,
+            weight,
+            bias,
+            list(pair(stride, "stride")),
+            list(pair(padding, "padding")),
+            list(pair(dilation, "dilation")),
+        )
+    return torch.ops.cvops.depthwise_conv2d(input, weight, bias, stride, padding, dilation)
 
 
 class DepthwiseConv2d(nn.Module):

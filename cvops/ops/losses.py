@@ -18,19 +18,24 @@ import torch
 from torch import Tensor, nn
 
 from .. import extension
+from ._errors import call_op
 
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _MODES = {"binary": 0, "multilabel": 1, "multiclass": 2}
 _NUM_STATS = 5
 
 
-def _reduction_code(reduction) -> int:
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(
-            "Invalid Value for arg 'reduction': %r; supported reduction modes: "
-            "'none', 'mean', 'sum'" % (reduction,)
-        )
-    return _REDUCTIONS[reduction]
+def _reduction_code(reduction: str) -> int:
+    # An if-chain, not a dict: TorchScript compiles it (sigmoid_focal_loss is scriptable).
+    if reduction == "none":
+        return 0
+    if reduction == "mean":
+        return 1
+    if reduction == "sum":
+        return 2
+    raise ValueError(
+        "Invalid Value for arg 'reduction': '%s'; supported reduction modes: "
+        "'none', 'mean', 'sum'" % (reduction,)
+    )
 
 
 def _mode_code(mode) -> int:
@@ -57,6 +62,7 @@ def _number(value, name: str) -> float:
     return float(value)
 
 
+@torch.fx.wrap
 def sigmoid_focal_loss(
     inputs: Tensor,
     targets: Tensor,
@@ -74,19 +80,30 @@ def sigmoid_focal_loss(
         gamma: focusing exponent (>= 0).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
 
-    Targets receive no gradient.
+    Targets receive no gradient. Scriptable, and a leaf of ``torch.fx.symbolic_trace``. At
+    ``gamma = 0`` the loss can differ from torchvision's by ~2e-7 (float32): the cross
+    entropy is computed more accurately (checked against float64).
     """
-    extension.require_ops()
-    _floating(_tensor(inputs, "inputs"), "inputs")
-    _tensor(targets, "targets")
+    code = _reduction_code(reduction)
+    if not torch.jit.is_scripting():
+        extension.require_ops()
+        _floating(_tensor(inputs, "inputs"), "inputs")
+        _tensor(targets, "targets")
+        alpha, gamma = _number(alpha, "alpha"), _number(gamma, "gamma")
+        return call_op(_sigmoid_focal_loss, inputs, targets, alpha, gamma, code)
+    return _sigmoid_focal_loss(inputs, targets, alpha, gamma, code)
+
+
+def _sigmoid_focal_loss(
+    inputs: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: int
+) -> Tensor:
     if not targets.is_floating_point():
         targets = targets.to(inputs.dtype)
-    code = _reduction_code(reduction)
-    args = (inputs, targets, _number(alpha, "alpha"), _number(gamma, "gamma"), code)
     if torch.is_grad_enabled() and inputs.requires_grad:
         # One pass computes the loss and its gradient (saved; backward only scales it).
-        return torch.ops.cvops._sigmoid_focal_loss_fused(*args)[0]
-    return torch.ops.cvops.sigmoid_focal_loss(*args)
+        fused = torch.ops.cvops._sigmoid_focal_loss_fused
+        return fused(inputs, targets, alpha, gamma, reduction)[0]
+    return torch.ops.cvops.sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction)
 
 
 def _class_alpha(alpha, num_classes: int, like: Tensor) -> Tensor:
@@ -124,6 +141,7 @@ def _check_logits(logits: Tensor, name: str) -> None:
         raise ValueError("%s must be [N, C, ...], got shape %s" % (name, tuple(logits.shape)))
 
 
+@torch.fx.wrap
 def softmax_focal_loss(
     logits: Tensor,
     target: Tensor,
@@ -246,6 +264,7 @@ def _ignore(ignore_index):
     return True, ignore_index
 
 
+@torch.fx.wrap
 def dice_loss(
     input: Tensor,
     target: Tensor,
@@ -288,6 +307,7 @@ def dice_loss(
     return _reduce(loss, code).to(input.dtype)
 
 
+@torch.fx.wrap
 def dice_focal_loss(
     input: Tensor,
     target: Tensor,

@@ -12,14 +12,8 @@ import torch
 from torch import Tensor
 
 from .. import extension
-
-_SOFT_NMS_METHODS = {"linear": 0, "gaussian": 1}
-
-
-def _check_tensors(**tensors):
-    for name, value in tensors.items():
-        if not isinstance(value, Tensor):
-            raise TypeError("%s must be a Tensor, got %s" % (name, type(value).__name__))
+from ._errors import ArgumentError, call_op
+from ._utils import check_tensor
 
 
 def _threshold(value, name="iou_threshold") -> float:
@@ -30,6 +24,12 @@ def _threshold(value, name="iou_threshold") -> float:
     return float(value)
 
 
+# Each function checks its arguments in eager mode (the branch TorchScript skips: it types
+# the arguments itself) and calls the compiled op through call_op, which gives its argument
+# errors torchvision's exception types too. torch.fx.wrap makes each a leaf of fx graphs.
+
+
+@torch.fx.wrap
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression, with the semantics of ``torchvision.ops.nms``.
 
@@ -45,26 +45,44 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         the lower index first.
 
     Boxes with a NaN score are dropped. Non-finite coordinates or ``x2 < x1`` / ``y2 < y1``
-    raise ``ValueError`` naming the box. No boxes give an empty int64 tensor.
+    raise ``ValueError`` naming the box. No boxes give an empty int64 tensor. Shape, length
+    and threshold errors are ``ValueError`` and ``RuntimeError`` (torchvision's type) at once,
+    dtype errors ``TypeError`` and ``RuntimeError``.
     """
-    extension.require_ops()
-    _check_tensors(boxes=boxes, scores=scores)
-    return torch.ops.cvops.nms(boxes, scores, _threshold(iou_threshold))
+    if not torch.jit.is_scripting():
+        extension.require_ops()
+        check_tensor(boxes, "boxes")
+        check_tensor(scores, "scores")
+        return call_op(torch.ops.cvops.nms, boxes, scores, _threshold(iou_threshold))
+    return torch.ops.cvops.nms(boxes, scores, iou_threshold)
 
 
+@torch.fx.wrap
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """NMS within each category, with the semantics of ``torchvision.ops.batched_nms``.
 
     Boxes of different ``idxs`` never suppress each other. Unlike torchvision this uses no
     coordinate offsets and no per-class Python loop: it is exact for negative coordinates
     and for half/bfloat16 boxes. ``idxs`` is an integer tensor ``[N]``. Returns the kept
-    indices by decreasing score (ties: lower index first).
+    indices by decreasing score (ties: lower index first). Empty ``boxes`` give an empty
+    int64 tensor whatever the other arguments are, as in torchvision (which accepts
+    ``batched_nms(empty, None, None, None)``).
     """
-    extension.require_ops()
-    _check_tensors(boxes=boxes, scores=scores, idxs=idxs)
-    return torch.ops.cvops.batched_nms(boxes, scores, idxs, _threshold(iou_threshold))
+    if not torch.jit.is_scripting():
+        extension.require_ops()
+        check_tensor(boxes, "boxes")
+        if boxes.numel() == 0:
+            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+        check_tensor(scores, "scores")
+        check_tensor(idxs, "idxs")
+        threshold = _threshold(iou_threshold)
+        return call_op(torch.ops.cvops.batched_nms, boxes, scores, idxs, threshold)
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    return torch.ops.cvops.batched_nms(boxes, scores, idxs, iou_threshold)
 
 
+@torch.fx.wrap
 def nms_fixed(
     boxes: Tensor, scores: Tensor, iou_threshold: float, max_output: int
 ) -> Tuple[Tensor, Tensor]:
@@ -78,13 +96,18 @@ def nms_fixed(
     It never inspects the data on the host: boxes with non-finite coordinates, ``x2 < x1``
     or ``y2 < y1``, or a NaN score are dropped instead of raising.
     """
-    extension.require_ops()
-    _check_tensors(boxes=boxes, scores=scores)
-    if isinstance(max_output, bool) or not isinstance(max_output, (int, torch.SymInt)):
-        raise TypeError("max_output must be an int, got %s" % type(max_output).__name__)
-    return torch.ops.cvops.nms_fixed(boxes, scores, _threshold(iou_threshold), max_output)
+    if not torch.jit.is_scripting():
+        extension.require_ops()
+        check_tensor(boxes, "boxes")
+        check_tensor(scores, "scores")
+        if isinstance(max_output, bool) or not isinstance(max_output, (int, torch.SymInt)):
+            raise TypeError("max_output must be an int, got %s" % type(max_output).__name__)
+        threshold = _threshold(iou_threshold)
+        return call_op(torch.ops.cvops.nms_fixed, boxes, scores, threshold, max_output)
+    return torch.ops.cvops.nms_fixed(boxes, scores, iou_threshold, max_output)
 
 
+@torch.fx.wrap
 def soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -104,18 +127,23 @@ def soft_nms(
     Returns ``(indices, decayed_scores)``: int64 indices of the kept boxes in selection order
     (non-increasing decayed score) and their scores at selection, in the dtype of ``scores``.
     """
-    extension.require_ops()
-    _check_tensors(boxes=boxes, scores=scores)
-    if method not in _SOFT_NMS_METHODS:
-        raise ValueError("method must be 'gaussian' or 'linear', got %r" % (method,))
-    return torch.ops.cvops.soft_nms(
-        boxes,
-        scores,
-        _threshold(iou_threshold),
-        _threshold(sigma, "sigma"),
-        _threshold(score_threshold, "score_threshold"),
-        _SOFT_NMS_METHODS[method],
-    )
+    if method != "gaussian" and method != "linear":
+        raise ArgumentError("method must be 'gaussian' or 'linear', got '%s'" % (method,))
+    code = 1 if method == "gaussian" else 0
+    if not torch.jit.is_scripting():
+        extension.require_ops()
+        check_tensor(boxes, "boxes")
+        check_tensor(scores, "scores")
+        return call_op(
+            torch.ops.cvops.soft_nms,
+            boxes,
+            scores,
+            _threshold(iou_threshold),
+            _threshold(sigma, "sigma"),
+            _threshold(score_threshold, "score_threshold"),
+            code,
+        )
+    return torch.ops.cvops.soft_nms(boxes, scores, iou_threshold, sigma, score_threshold, code)
 
 
 def _register():

@@ -5,21 +5,27 @@ A drop-in for ``torchvision.ops.MultiScaleRoIAlign`` (same constructor, same
 """
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._utils import pair
+from ._errors import BoxesShapeError
+from ._utils import boxes_to_rois, pair
 from .roi_align import roi_align
 
 
-def infer_scale(feature_size: Sequence[int], image_size: Sequence[int]) -> float:
+def _scale_exponent(feature_size: List[int], image_size: List[int]) -> int:
+    # log2 of the ratio, rounded (halves to even, like torch.round); TorchScript has no
+    # math.log2, and rounding makes log(x) / log(2) exact enough.
+    approx = float(feature_size[0]) / float(image_size[0])
+    return int(round(math.log(approx) / math.log(2.0)))
+
+
+def infer_scale(feature_size: List[int], image_size: List[int]) -> float:
     """A feature map's scale relative to the (padded) image: the power of two closest to
     ``feature_height / image_height`` in log2 (torchvision's rule, which uses the height)."""
-    approx = float(feature_size[0]) / float(image_size[0])
-    # Python's round() rounds halves to even, like torch.round.
-    return 2.0 ** round(math.log2(approx))
+    return 2.0 ** float(_scale_exponent(feature_size, image_size))
 
 
 def map_levels(
@@ -46,6 +52,72 @@ def map_levels(
     return levels.to(torch.int64) - k_min
 
 
+# The helpers of MultiScaleRoIAlign.forward are registered with torch.fx.wrap, so that
+# torch.fx.symbolic_trace (and torchvision's get_graph_node_names / create_feature_extractor)
+# records each as one node instead of iterating over the proxies of the feature dict and the
+# box list. They are also what TorchScript compiles.
+
+
+@torch.fx.wrap
+def _filter_features(x: Dict[str, Tensor], featmap_names: List[str]) -> List[Tensor]:
+    """The maps of ``x`` named in ``featmap_names``, in the order of ``x`` (torchvision's)."""
+    features: List[Tensor] = []
+    for name, value in x.items():
+        if name in featmap_names:
+            features.append(value)
+    if len(features) == 0:
+        raise ValueError(
+            "none of featmap_names %s is in the feature dict (keys: %s)"
+            % (featmap_names, list(x.keys()))
+        )
+    return features
+
+
+@torch.fx.wrap
+def _setup_scales(
+    features: List[Tensor], image_shapes: List[Tuple[int, int]]
+) -> Tuple[List[float], int, int]:
+    """(scale of each level, k_min, k_max) from the level sizes and the largest image."""
+    if len(image_shapes) == 0:
+        raise ValueError("image_shapes must not be empty: pass (height, width) per image")
+    max_h = max([int(s[0]) for s in image_shapes])
+    max_w = max([int(s[1]) for s in image_shapes])
+    exponents = [_scale_exponent(f.shape[-2:], [max_h, max_w]) for f in features]
+    scales = [2.0 ** float(e) for e in exponents]
+    return scales, -exponents[0], -exponents[-1]
+
+
+@torch.fx.wrap
+def _multiscale_roi_align(
+    features: List[Tensor],
+    boxes: List[Tensor],
+    output_size: List[int],
+    sampling_ratio: int,
+    scales: List[float],
+    k_min: int,
+    k_max: int,
+    canonical_scale: int,
+    canonical_level: int,
+    aligned: bool,
+) -> Tensor:
+    """Pool each box from the level the FPN rule picks; results in the order of the boxes."""
+    if not torch.jit.is_scripting():
+        if not isinstance(boxes, (list, tuple)):
+            raise BoxesShapeError("boxes must be a list of Tensor[L, 4], one per image")
+    rois = boxes_to_rois(boxes)
+    if len(features) == 1:
+        return roi_align(features[0], rois, output_size, scales[0], sampling_ratio, aligned)
+
+    levels = map_levels(rois[:, 1:], k_min, k_max, float(canonical_scale), canonical_level)
+    num_rois, channels = rois.size(0), features[0].size(1)
+    result = features[0].new_zeros((num_rois, channels, output_size[0], output_size[1]))
+    for level, feature in enumerate(features):
+        idx = torch.where(levels == level)[0]
+        pooled = roi_align(feature, rois[idx], output_size, scales[level], sampling_ratio, aligned)
+        result = result.index_put((idx,), pooled.to(result.dtype))
+    return result
+
+
 class MultiScaleRoIAlign(nn.Module):
     """RoI Align over a feature pyramid: each box is pooled from the level the FPN rule picks.
 
@@ -69,6 +141,11 @@ class MultiScaleRoIAlign(nn.Module):
     in ``self.scales`` and the level range in ``self.k_min``/``self.k_max``.
     """
 
+    # Class-level annotations: TorchScript types the attributes set to None in __init__.
+    scales: Optional[List[float]]
+    k_min: Optional[int]
+    k_max: Optional[int]
+
     def __init__(
         self,
         featmap_names: List[str],
@@ -82,7 +159,7 @@ class MultiScaleRoIAlign(nn.Module):
         super().__init__()
         self.featmap_names = featmap_names
         self.sampling_ratio = sampling_ratio
-        self.output_size = tuple(pair(output_size, "output_size"))
+        self.output_size: Tuple[int, int] = pair(output_size, "output_size")
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
         self.aligned = aligned
@@ -90,56 +167,33 @@ class MultiScaleRoIAlign(nn.Module):
         self.k_min: Optional[int] = None
         self.k_max: Optional[int] = None
 
-    def _setup_scales(self, features: List[Tensor], image_shapes: List[Tuple[int, int]]):
-        if not image_shapes:
-            raise ValueError("image_shapes must not be empty: pass (height, width) per image")
-        max_h = max(int(s[0]) for s in image_shapes)
-        max_w = max(int(s[1]) for s in image_shapes)
-        scales = [infer_scale(f.shape[-2:], (max_h, max_w)) for f in features]
-        self.scales = scales
-        self.k_min = int(-math.log2(scales[0]))
-        self.k_max = int(-math.log2(scales[-1]))
-        return scales
-
     def forward(
         self,
         x: Dict[str, Tensor],
         boxes: List[Tensor],
         image_shapes: List[Tuple[int, int]],
     ) -> Tensor:
-        features = [v for k, v in x.items() if k in self.featmap_names]
-        if not features:
-            raise ValueError(
-                "none of featmap_names %s is in the feature dict (keys: %s)"
-                % (self.featmap_names, list(x.keys()))
-            )
-        if not isinstance(boxes, (list, tuple)) or not all(
-            isinstance(b, Tensor) and b.dim() == 2 and b.size(1) == 4 for b in boxes
-        ):
-            raise ValueError("boxes must be a list of Tensor[L, 4], one per image")
-        scales = self._setup_scales(features, image_shapes)
-        rois = torch.cat(
-            [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
+        features = _filter_features(x, self.featmap_names)
+        scales, k_min, k_max = _setup_scales(features, image_shapes)
+        self.scales, self.k_min, self.k_max = scales, k_min, k_max
+        return _multiscale_roi_align(
+            features,
+            boxes,
+            self.output_size,
+            self.sampling_ratio,
+            scales,
+            k_min,
+            k_max,
+            self.canonical_scale,
+            self.canonical_level,
+            self.aligned,
         )
-        kwargs = dict(sampling_ratio=self.sampling_ratio, aligned=self.aligned)
-        if len(features) == 1:
-            return roi_align(features[0], rois, self.output_size, scales[0], **kwargs)
-
-        levels = map_levels(
-            rois[:, 1:], self.k_min, self.k_max, self.canonical_scale, self.canonical_level
-        )
-        num_rois, channels = rois.size(0), features[0].size(1)
-        result = features[0].new_zeros((num_rois, channels) + self.output_size)
-        for level, (feature, scale) in enumerate(zip(features, scales)):
-            idx = torch.where(levels == level)[0]
-            pooled = roi_align(feature, rois[idx], self.output_size, scale, **kwargs)
-            result = result.index_put((idx,), pooled.to(result.dtype))
-        return result
 
     def extra_repr(self) -> str:
-        return "featmap_names=%s, output_size=%s, sampling_ratio=%s, aligned=%s" % (
+        # torchvision's repr, plus aligned when it is not torchvision's behaviour.
+        s = "featmap_names=%s, output_size=%s, sampling_ratio=%s" % (
             self.featmap_names,
             self.output_size,
             self.sampling_ratio,
-            self.aligned,
         )
+        return s + (", aligned=True" if self.aligned else "")

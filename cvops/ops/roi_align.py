@@ -1,18 +1,23 @@
 """RoI Align: torchvision-compatible function, dispatcher registrations and nn.Module."""
 
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from .. import extension
-from ._utils import BoxesArg, boxes_to_rois, pair
+from ._errors import call_op
+from ._utils import BoxesArg, boxes_to_rois, check_tensor, pair
 
 
+# fx.wrap: torch.fx.symbolic_trace records a call to roi_align as one node instead of tracing
+# into its argument checks (as torchvision does for its RoI ops).
+@torch.fx.wrap
 def roi_align(
     input: Tensor,
     boxes: BoxesArg,
-    output_size: Union[int, Tuple[int, int]],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -34,16 +39,35 @@ def roi_align(
         ``Tensor[K, C, output_size[0], output_size[1]]`` (contiguous).
 
     Bad input raises ``ValueError``/``TypeError`` naming the argument, including batch
-    indices that are out of range or not integers. A RoI whose coordinates are not finite
-    yields NaN output and receives no gradient. No boxes give an empty output.
+    indices that are out of range or not integers; boxes of the wrong shape raise an error
+    that is also an ``AssertionError``, the op's other checks one that is also a
+    ``RuntimeError`` (torchvision's types). A RoI whose coordinates are not finite yields
+    NaN output and receives no gradient. No boxes give an empty output. Scriptable with
+    ``torch.jit.script`` and a leaf of ``torch.fx.symbolic_trace``.
     """
-    extension.require_ops()
-    if not isinstance(input, Tensor):
-        raise TypeError("input must be a Tensor, got %s" % type(input).__name__)
-    rois = boxes_to_rois(boxes)
-    pooled_h, pooled_w = pair(output_size, "output_size")
+    if not torch.jit.is_scripting():
+        extension.require_ops()
+        if not isinstance(input, Tensor):  # inline: the per-call cost of tiny RoI calls
+            check_tensor(input, "input")
+        pooled_h, pooled_w = pair(output_size, "output_size")
+        return call_op(
+            torch.ops.cvops.roi_align,
+            input,
+            boxes_to_rois(boxes),
+            float(spatial_scale),
+            pooled_h,
+            pooled_w,
+            int(sampling_ratio),
+            bool(aligned),
+        )
     return torch.ops.cvops.roi_align(
-        input, rois, float(spatial_scale), pooled_h, pooled_w, int(sampling_ratio), bool(aligned)
+        input,
+        boxes_to_rois(boxes),
+        spatial_scale,
+        output_size[0],
+        output_size[1],
+        sampling_ratio,
+        aligned,
     )
 
 
@@ -52,13 +76,13 @@ class RoIAlign(nn.Module):
 
     def __init__(
         self,
-        output_size: Union[int, Tuple[int, int]],
+        output_size: Union[int, Tuple[int, int], List[int]],
         spatial_scale: float,
         sampling_ratio: int,
         aligned: bool = False,
     ):
         super().__init__()
-        self.output_size = pair(output_size, "output_size")
+        self.output_size: Tuple[int, int] = pair(output_size, "output_size")
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned

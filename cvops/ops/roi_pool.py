@@ -1,18 +1,21 @@
 """RoI Pool: torchvision-compatible function, dispatcher registrations and nn.Module."""
 
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from .. import extension
-from ._utils import BoxesArg, boxes_to_rois, pair
+from ._errors import call_op
+from ._utils import BoxesArg, boxes_to_rois, check_tensor, pair
 
 
+@torch.fx.wrap  # one node in torch.fx graphs (see roi_align)
 def roi_pool(
     input: Tensor,
     boxes: BoxesArg,
-    output_size: Union[int, Tuple[int, int]],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
     """RoI (max) Pool (Fast R-CNN), with the semantics of ``torchvision.ops.roi_pool``.
@@ -36,24 +39,29 @@ def roi_pool(
     row-major order wins and receives the gradient. A NaN in a bin propagates to the output
     (the first NaN receives the gradient; torchvision skips NaNs). Bad input raises
     ``ValueError``/``TypeError`` naming the argument, including batch indices that are out of
-    range or not integers. A RoI whose coordinates are not finite yields NaN output and
-    receives no gradient. No boxes give an empty output. The backward is deterministic.
+    range or not integers (boxes of the wrong shape: also an ``AssertionError``; the op's other
+    checks: also a ``RuntimeError``, as in torchvision). A RoI whose coordinates are not finite
+    yields NaN output and receives no gradient. No boxes give an empty output. The backward is
+    deterministic. Scriptable, and a leaf of ``torch.fx.symbolic_trace``.
     """
-    extension.require_ops()
-    if not isinstance(input, Tensor):
-        raise TypeError("input must be a Tensor, got %s" % type(input).__name__)
+    if not torch.jit.is_scripting():
+        extension.require_ops()
+        if not isinstance(input, Tensor):  # inline: the per-call cost of tiny RoI calls
+            check_tensor(input, "input")
+        pooled_h, pooled_w = pair(output_size, "output_size")
+        rois = boxes_to_rois(boxes)
+        op = torch.ops.cvops.roi_pool
+        return call_op(op, input, rois, float(spatial_scale), pooled_h, pooled_w)[0]
     rois = boxes_to_rois(boxes)
-    pooled_h, pooled_w = pair(output_size, "output_size")
-    output, _ = torch.ops.cvops.roi_pool(input, rois, float(spatial_scale), pooled_h, pooled_w)
-    return output
+    return torch.ops.cvops.roi_pool(input, rois, spatial_scale, output_size[0], output_size[1])[0]
 
 
 class RoIPool(nn.Module):
     """``nn.Module`` form of :func:`roi_pool` (same arguments as torchvision's RoIPool)."""
 
-    def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float):
+    def __init__(self, output_size: Union[int, Tuple[int, int], List[int]], spatial_scale: float):
         super().__init__()
-        self.output_size = pair(output_size, "output_size")
+        self.output_size: Tuple[int, int] = pair(output_size, "output_size")
         self.spatial_scale = spatial_scale
 
     def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:

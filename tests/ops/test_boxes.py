@@ -90,7 +90,7 @@ def test_bad_input():
     with pytest.raises(TypeError, match="boxes must be a Tensor"):
         B.box_area([[0, 0, 1, 1]])
     with pytest.raises(ValueError, match="in_fmt must be one of"):
-        B.box_convert(torch.zeros(1, 4), "xyxyxyxy", "xyxy")
+        B.box_convert(torch.zeros(1, 4), "polygon", "xyxy")
     with pytest.raises(ValueError, match="fmt must be one of"):
         B.box_area(torch.zeros(1, 4), "polygon")
     with pytest.raises(ValueError, match="size must be"):
