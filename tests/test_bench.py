@@ -7,6 +7,7 @@ import os
 import platform
 
 import pytest
+import torch
 
 from tests.conftest import requires_ops, run_python
 
@@ -147,8 +148,32 @@ def test_detection_cases_compare_the_same_detections(monkeypatch):
     cases = [c for c in registered_cases() if c.op == "fasterrcnn_resnet50_fpn"]
     assert sorted(c.case.split(" ", 1)[1] for c in cases) == [
         "inference, FrozenBN, 100 detections",
+        "inference, FrozenBN, 100 detections, channels-last",
         "training step (SGD)",
     ]
     for case in cases:
         for step in case.make("cpu"):
             step()
+
+
+def test_detection_check_refuses_detections_beyond_float32_rounding(monkeypatch):
+    # The tolerance comes from torchvision's own float64 run: a box moved by 0.5 px, far
+    # beyond float32 rounding, must be refused.
+    from cvops.bench.cases import detection
+
+    monkeypatch.setitem(detection._OPTIONS, "min_size", 96)
+    monkeypatch.setitem(detection._OPTIONS, "max_size", 96)
+    torch.manual_seed(0)
+    ours, ref = detection._models("fasterrcnn_resnet50_fpn", "cpu")
+    ours.eval()
+    ref.eval()
+    images = [torch.rand(3, 96, 96)]
+    detection._check_same_detections("same", ours, ref, images)
+
+    class Shifted(torch.nn.Module):
+        def forward(self, imgs):
+            out = ours(imgs)
+            return [dict(d, boxes=d["boxes"] + 0.5) for d in out]
+
+    with pytest.raises(RuntimeError, match="detect differently"):
+        detection._check_same_detections("shifted", Shifted(), ref, images)

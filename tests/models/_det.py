@@ -2,6 +2,8 @@
 comparison of detections (random weights give exactly tied scores, and torchvision's NMS
 orders ties differently from ours)."""
 
+import copy
+
 import torch
 import torchvision.models.detection as tvdet
 
@@ -54,9 +56,32 @@ def mask_iou(a, b):
     return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
-def compare_detections(expected, actual, min_detections=10):
-    """Pair every reference detection with one of ours with the same label, score within
-    SCORE_ATOL and box within BOX_ATOL; returns the max box and score differences (and the
+@torch.no_grad()
+def rounding_tolerances(ref, imgs, expected, factor=4.0):
+    """(box, score) bounds for ours vs torchvision: our detector folds BatchNorm into the
+    convs, so it rounds differently from torchvision, and on these random-weight models
+    torchvision's own float32 box error (against its float64 run on ``imgs``, each detection
+    paired with the nearest float64 box of its label) is ~0.001-0.002 px, near or above
+    BOX_ATOL, which only an op-for-op copy meets. Ours measured up to ~3x that error (the max
+    over ~20-100 detections of another rounding sequence), and |ours - torchvision| adds both
+    errors: so max(BOX_ATOL or SCORE_ATOL, ``factor`` x torchvision's error). A wrong weight,
+    eps or layer order misses it by orders of magnitude."""
+    exact = copy.deepcopy(ref).double().eval()([img.double() for img in imgs])
+    box_err = score_err = 0.0
+    for e, x in zip(expected, exact, strict=True):
+        d = (e["boxes"].double()[:, None, :] - x["boxes"][None, :, :]).abs().amax(-1)
+        d = torch.where(e["labels"][:, None] == x["labels"][None, :], d, float("inf"))
+        nearest = d.min(1)
+        box_err = max(box_err, nearest.values.max().item())
+        score_err = max(
+            score_err, (e["scores"].double() - x["scores"][nearest.indices]).abs().max().item()
+        )
+    return max(BOX_ATOL, factor * box_err), max(SCORE_ATOL, factor * score_err)
+
+
+def compare_detections(expected, actual, min_detections=10, atol=(BOX_ATOL, SCORE_ATOL)):
+    """Pair every reference detection with one of ours with the same label, box and score
+    within ``atol`` (box, score); returns the max box and score differences (and the
     min mask IoU when there are masks)."""
     max_box = max_score = 0.0
     min_iou = 1.0
@@ -67,8 +92,8 @@ def compare_detections(expected, actual, min_detections=10):
         assert n >= min_detections, "too few detections to compare"
         box_d = (e["boxes"][:, None, :] - a["boxes"][None, :, :]).abs().amax(-1)
         score_d = (e["scores"][:, None] - a["scores"][None, :]).abs()
-        ok = (e["labels"][:, None] == a["labels"][None, :]) & (box_d <= BOX_ATOL)
-        ok &= score_d <= SCORE_ATOL
+        ok = (e["labels"][:, None] == a["labels"][None, :]) & (box_d <= atol[0])
+        ok &= score_d <= atol[1]
         used = torch.zeros(n, dtype=torch.bool)
         for i in range(n):
             cand = torch.where(ok[i] & ~used)[0]

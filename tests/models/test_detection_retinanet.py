@@ -31,8 +31,9 @@ def test_eval_detections_match_torchvision(pair):
     ref, ours = pair
     imgs = _det.images(seed=4)
     expected, actual = _det.eval_both(ref, ours, imgs)
-    box, score, _ = _det.compare_detections(expected, actual)
-    assert box <= _det.BOX_ATOL and score <= _det.SCORE_ATOL
+    tol = _det.rounding_tolerances(ref, imgs, expected)
+    box, score, _ = _det.compare_detections(expected, actual, atol=tol)
+    assert box <= tol[0] and score <= tol[1]
 
 
 def test_training_losses_match_torchvision(pair):

@@ -8,7 +8,14 @@ import torchvision.models as tvm
 import cvops.models as cm
 from cvops.models.classification.resnet import BasicBlock, Bottleneck
 
-from ._equiv import ATOL, build_on_meta, max_abs_diff, randomize_constants_, transplant
+from ._equiv import (
+    ATOL,
+    build_on_meta,
+    max_abs_diff,
+    randomize_constants_,
+    rounding_tolerance,
+    transplant,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +36,16 @@ def image():
 def test_equivalent_to_torchvision(name, image):
     ref = randomize_constants_(getattr(tvm, name)(weights=None))
     ours = transplant(ref, build_on_meta(cm.get_model_builder(name)))
-    diff, _ = max_abs_diff(ref, ours, image)
-    assert diff <= ATOL
+    diff, expected = max_abs_diff(ref, ours, image)
+    assert diff <= ATOL or diff <= rounding_tolerance(ref, image, expected)
 
 
 def test_dilated_resnet50_matches_torchvision_at_output_stride_8(image):
     dil = [False, True, True]
     ref = randomize_constants_(tvm.resnet50(weights=None, replace_stride_with_dilation=dil))
     ours = transplant(ref, build_on_meta(cm.resnet50, replace_stride_with_dilation=dil))
-    diff, _ = max_abs_diff(ref, ours, image)
-    assert diff <= ATOL
+    diff, expected = max_abs_diff(ref, ours, image)
+    assert diff <= ATOL or diff <= rounding_tolerance(ref, image, expected)
     with torch.no_grad():
         assert ours.forward_features(image).shape == (1, 2048, 28, 28)
     assert ours.layer4[1].conv2.dilation == (4, 4)

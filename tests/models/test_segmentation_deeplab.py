@@ -6,7 +6,7 @@ import torch
 import torchvision.models.segmentation as tvs
 
 import cvops.models as cm
-from cvops.models.classification._mobile import is_depthwise
+from cvops.models._conv_bn import is_depthwise
 from cvops.models.segmentation.deeplab import ASPPSum
 
 from ._equiv import ATOL, build_on_meta, num_params, randomize_constants_

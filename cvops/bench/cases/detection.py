@@ -4,11 +4,17 @@ step, cvops against torchvision's model carrying the same weights.
 Both sides are built as torchvision's COCO checkpoints are (FrozenBatchNorm2d backbone, 91
 classes) with ``min_size = max_size = 512`` (no resize of the 512x512 input) and
 ``box_score_thresh = 0``, so that random weights still give the full 100 detections per image
-and the mask head runs on them, as with a trained model. Before timing, ``make`` checks that
-the two give the same detections: the ratio compares the same computation. Nothing here is
-tuned yet (no BatchNorm folding, no channels-last): the backbone and FPN convolutions are the
-same oneDNN calls on both sides, so the ratio shows what the RoI heads' ops (RoI Align, NMS,
-box coding) change at the model level.
+and the mask head runs on them, as with a trained model. cvops runs as shipped: each
+FrozenBatchNorm2d folded into its conv (models/_conv_bn.py), cvops' RoI Align, NMS and box
+code; the "channels-last" rows add ``model.to(memory_format=torch.channels_last)`` on the cvops
+side only (the user's one-line opt-in; torchvision stays as users run it).
+
+Before timing, ``make`` checks that the two give the same detections (the ratio compares the
+same computation), against float32 rounding measured, not assumed: both sides' detections are
+compared with torchvision's model run in float64 on the same image, and cvops' must pair with
+torchvision's within max(1e-3 px, 4 x torchvision's own float32 error) for boxes (likewise
+1e-4 for scores). Folding and channels-last change the rounding of every conv, which these
+random weights amplify (torchvision's own box error is ~0.0015 px at 512; see BENCHMARKS.md).
 """
 
 import torch
@@ -42,32 +48,65 @@ def _models(name: str, device: str):
     return ours.to(device), ref.to(device)
 
 
-def _same_detections(a, b, min_matched: float = 0.95) -> bool:
-    """Whether two detectors' outputs agree: per image, the scores sorted in descending order
-    within 1e-4, and at least ``min_matched`` of the detections paired with one of the other
-    side's of the same label, score within 1e-4 and box within 1e-3. Random weights give
-    exactly tied scores and NMS keeps tied boxes in either order, and a tie at the 100-detection
-    cut can swap which box is kept: so a pairing, not an element-wise comparison."""
+def _float32_errors(dets, exact):
+    """(box, score) distance of float32 detections from the float64 run's, each detection
+    paired with the nearest float64 box of its label."""
+    box = score = 0.0
+    for d, x in zip(dets, exact):
+        dist = (d["boxes"].double()[:, None, :] - x["boxes"][None, :, :]).abs().amax(-1)
+        dist = torch.where(d["labels"][:, None] == x["labels"][None, :], dist, float("inf"))
+        nearest = dist.min(1)
+        box = max(box, nearest.values.max().item())
+        score = max(score, (d["scores"].double() - x["scores"][nearest.indices]).abs().max().item())
+    return box, score
+
+
+def _same_detections(a, b, box_atol=1e-3, score_atol=1e-4, min_matched: float = 0.95) -> bool:
+    """Whether two detectors' outputs agree: per image, the same number of detections and at
+    least ``min_matched`` of them paired with one of the other side's of the same label, score
+    within ``score_atol`` and box within ``box_atol``. A pairing, not an element-wise
+    comparison: random weights give exactly tied scores, NMS keeps tied boxes in either order,
+    and a tie at the 100-detection cut can swap which box is kept. The 5% slack also takes the
+    odd detection whose float32 rounding error is an outlier (one box of 100 moved 0.043 px,
+    3x torchvision's own largest error, while our float64 run equals torchvision's to 1.5e-5:
+    see BENCHMARKS.md)."""
     for da, db in zip(a, b):
         sa, sb = da["scores"], db["scores"]
         if sa.shape != sb.shape:
             return False
-        if not torch.allclose(sa.sort(descending=True)[0], sb.sort(descending=True)[0], atol=1e-4):
-            return False
         close = (
             (da["labels"][:, None] == db["labels"][None, :])
-            & ((sa[:, None] - sb[None, :]).abs() <= 1e-4)
-            & ((da["boxes"][:, None, :] - db["boxes"][None, :, :]).abs().amax(-1) <= 1e-3)
+            & ((sa[:, None] - sb[None, :]).abs() <= score_atol)
+            & ((da["boxes"][:, None, :] - db["boxes"][None, :, :]).abs().amax(-1) <= box_atol)
         )
         if len(sa) and close.any(1).float().mean() < min_matched:
             return False
     return True
 
 
-def _inference(name: str):
+def _check_same_detections(name, ours, ref, images):
+    """Raise unless cvops' detections equal torchvision's up to float32 rounding (module
+    docstring); the tolerance comes from torchvision's own float64 run."""
+    import copy
+
+    with torch.inference_mode():
+        expected, actual = ref(images), ours(images)
+        exact = copy.deepcopy(ref).double()([img.double() for img in images])
+    box_err, score_err = _float32_errors(expected, exact)
+    box_atol, score_atol = max(1e-3, 4 * box_err), max(1e-4, 4 * score_err)
+    if not _same_detections(actual, expected, box_atol, score_atol):
+        raise RuntimeError(
+            "%s: cvops and torchvision detect differently (beyond %.4f px / %.1e score, 4x "
+            "torchvision's own float32 error)" % (name, box_atol, score_atol)
+        )
+
+
+def _inference(name: str, channels_last: bool = False):
     def make(device):
         torch.manual_seed(0)  # the same weights and image on every run
         ours, ref = _models(name, device)
+        if channels_last:
+            ours = ours.to(memory_format=torch.channels_last)
         images = [torch.rand(3, SIZE, SIZE, device=device)]
         ours.eval()
         ref.eval()
@@ -79,8 +118,7 @@ def _inference(name: str):
 
             return step
 
-        if not _same_detections(run(ours)(), run(ref)()):
-            raise RuntimeError("%s: cvops and torchvision detect differently" % name)
+        _check_same_detections(name, ours, ref, images)
         return run(ours), run(ref)
 
     return make
@@ -128,16 +166,18 @@ def _training(name: str):
 
 
 for _name in _MODELS:
-    register(
-        BenchCase(
-            _name,
-            "[1,3,%d,%d] inference, FrozenBN, 100 detections" % (SIZE, SIZE),
-            "float32",
-            _inference(_name),
-            "torchvision, same weights",
-            devices=("cpu", "cuda"),
+    for _channels_last in (False, True):
+        register(
+            BenchCase(
+                _name,
+                "[1,3,%d,%d] inference, FrozenBN, 100 detections%s"
+                % (SIZE, SIZE, ", channels-last" if _channels_last else ""),
+                "float32",
+                _inference(_name, _channels_last),
+                "torchvision, same weights",
+                devices=("cpu", "cuda"),
+            )
         )
-    )
     register(
         BenchCase(
             _name,

@@ -1,21 +1,12 @@
 """Building blocks shared by the MobileNets: the cvops depthwise convolution and a
-conv-BN-activation unit that folds the BN into the conv in eval mode.
+conv-BN-activation unit that folds the BN into the conv in eval mode (models/_conv_bn.py)."""
 
-Folding is exact algebra (``bn(conv(x)) == conv'(x)`` with ``w' = w * s``,
-``b' = beta - mean * s (+ b * s)``, ``s = gamma / sqrt(var + eps)``) recomputed on every eval
-forward from the live parameters, so it never goes stale and the state_dict is unchanged;
-it saves one full pass over every activation map at inference. In training mode the layers
-run unfused (batch statistics).
-"""
-
-from typing import Optional, Tuple
-
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from ... import ops as _ops
+from .._conv_bn import conv_bn, is_depthwise
 
 
 def depthwise_conv(
@@ -28,48 +19,6 @@ def depthwise_conv(
             "the MobileNets need cvops.ops.DepthwiseConv2d, which this cvops build lacks"
         )
     return cls(channels, kernel_size, stride=stride, padding=padding, bias=bias)
-
-
-def is_depthwise(module: nn.Module) -> bool:
-    cls = getattr(_ops, "DepthwiseConv2d", None)
-    return cls is not None and isinstance(module, cls)
-
-
-def _can_fold(bn: nn.Module) -> bool:
-    return (
-        isinstance(bn, nn.BatchNorm2d)
-        and not bn.training
-        and bn.running_mean is not None
-        and bn.running_var is not None
-    )
-
-
-def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
-    """Weight and bias of ``conv`` followed by ``bn`` in eval mode, as one conv."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    bias = -bn.running_mean * scale
-    if bn.bias is not None:
-        bias = bias + bn.bias
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
-    return weight, bias.to(conv.weight.dtype)
-
-
-def conv_forward(conv: nn.Module, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``conv`` (an ``nn.Conv2d`` or a cvops ``DepthwiseConv2d``) with other parameters."""
-    if is_depthwise(conv):
-        return _ops.depthwise_conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
-    """``bn(conv(x))``, as one folded conv when ``bn`` is in eval mode."""
-    if _can_fold(bn):
-        return conv_forward(conv, x, *fold_bn(conv, bn))
-    return bn(conv(x))
 
 
 def relu6_(x: Tensor) -> Tensor:

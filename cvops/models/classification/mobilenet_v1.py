@@ -15,9 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._conv_bn import conv_bn
 from .._registry import register_model
 from ._base import ClassifierMixin, check_num_classes, check_positive, check_prob, make_divisible
-from ._mobile import conv_bn, depthwise_conv, init_mobile_weights, relu6_
+from ._mobile import depthwise_conv, init_mobile_weights, relu6_
 
 # Stages of (output width, repeats, first stride): 13 depthwise-separable blocks in all.
 STAGES = [(64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2)]

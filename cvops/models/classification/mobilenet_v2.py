@@ -10,9 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._conv_bn import conv_bn
 from .._registry import register_model
 from ._base import ClassifierMixin, check_num_classes, check_positive, check_prob, make_divisible
-from ._mobile import ConvBNAct, conv_bn, init_mobile_weights
+from ._mobile import ConvBNAct, init_mobile_weights
 
 # (expansion t, output channels c, repeats n, first stride s)
 SETTINGS = [

@@ -2,6 +2,9 @@
 Bottleneck's 3x3: "v1.5"); parameter names equal ``torchvision.models.resnet*``'s (and
 timm's ``resnet*``).
 
+Each conv-BN pair runs as one folded conv where exact (eval-mode BatchNorm2d, FrozenBatchNorm2d:
+models/_conv_bn.py); the state_dict is unchanged.
+
 ``replace_stride_with_dilation=[False, True, True]`` gives the output-stride-8 backbone that
 FCN and DeepLab use; ``zero_init_residual=True`` starts each residual branch at zero.
 """
@@ -12,6 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .._conv_bn import ConvBN, conv_bn
 from .._registry import register_model
 from ._base import ClassifierMixin, check_num_classes, linear_or_identity
 
@@ -70,8 +74,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.relu(conv_bn(self.conv1, self.bn1, x))
+        out = conv_bn(self.conv2, self.bn2, out)
         return self.relu(out + identity)
 
 
@@ -106,9 +110,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.relu(conv_bn(self.conv1, self.bn1, x))
+        out = self.relu(conv_bn(self.conv2, self.bn2, out))
+        out = conv_bn(self.conv3, self.bn3, out)
         return self.relu(out + identity)
 
 
@@ -178,7 +182,7 @@ class ResNet(ClassifierMixin, nn.Module):
             self.dilation *= stride
             stride = 1
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
+            downsample = ConvBN(
                 conv1x1(self.inplanes, planes * block.expansion, stride),
                 norm_layer(planes * block.expansion),
             )
@@ -209,7 +213,7 @@ class ResNet(ClassifierMixin, nn.Module):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -29,9 +29,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .._conv_bn import is_depthwise
 from .._registry import register_model
 from ..classification import mobilenet_v2 as _mobilenet_v2
-from ..classification._mobile import is_depthwise
 from ._utils import (
     FCNHead,
     IntermediateLayerGetter,

@@ -15,39 +15,13 @@ its state_dict loads into torchvision's and back with ``strict=True``.
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._conv_bn import FrozenBatchNorm2d
 from ..classification import resnet as _resnet
 from ._utils import IntermediateLayerGetter, check_int, check_weights
-
-
-class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters, all buffers (torchvision's
-    ``FrozenBatchNorm2d``: keys ``weight``, ``bias``, ``running_mean``, ``running_var``; a
-    BatchNorm2d state_dict loads into it, its ``num_batches_tracked`` ignored)."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
-
-    def extra_repr(self) -> str:
-        return "%d, eps=%s" % (self.weight.shape[0], self.eps)
 
 
 class ExtraFPNBlock(nn.Module):

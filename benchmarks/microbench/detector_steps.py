@@ -1,0 +1,63 @@
+"""What each issue-17 step gives a detector's CPU inference, in one process, interleaved:
+torchvision, cvops with the BatchNorm folding switched off (cvops' ops only), cvops as shipped
+(folded), cvops + channels-last. Same weights and image as the benchmark's detector case.
+
+    python benchmarks/microbench/detector_steps.py maskrcnn_resnet50_fpn 7
+
+Switching the folding off patches ``cvops.models._conv_bn.can_fold`` for this measurement
+only; cvops has no such switch.
+"""
+
+import copy
+import statistics
+import sys
+import time
+
+import torch
+
+import cvops.models._conv_bn as conv_bn
+from cvops.bench.cases.detection import _models
+
+
+def main(name: str, rounds: int) -> None:
+    torch.manual_seed(0)
+    ours, ref = _models(name, "cpu")
+    ours.eval()
+    ref.eval()
+    channels_last = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+    images = [torch.rand(3, 512, 512)]
+    can_fold = conv_bn.can_fold
+
+    def run(model, fold=True):
+        conv_bn.can_fold = can_fold if fold else (lambda conv, bn: False)
+        try:
+            with torch.inference_mode():
+                return model(images)
+        finally:
+            conv_bn.can_fold = can_fold
+
+    variants = {
+        "torchvision": lambda: run(ref),
+        "cvops, BN unfolded": lambda: run(ours, fold=False),
+        "cvops, BN folded": lambda: run(ours),
+        "cvops, folded + channels-last": lambda: run(channels_last),
+    }
+    for f in variants.values():  # warm-up
+        f()
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, f in variants.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    base = statistics.median(times["torchvision"])
+    for k, v in times.items():
+        med = statistics.median(v)
+        print("%-30s median %.3f s  min %.3f s  %.2fx" % (k, med, min(v), base / med))
+
+
+if __name__ == "__main__":
+    main(
+        sys.argv[1] if len(sys.argv) > 1 else "maskrcnn_resnet50_fpn",
+        int(sys.argv[2]) if len(sys.argv) > 2 else 7,
+    )
