@@ -6,7 +6,10 @@
 The model name, its keywords and the number of classes come from the checkpoint (written by
 ``python -m cvops.train.segmentation``); ``--model`` only has to be given to override the name.
 A checkpoint of ``python -m cvops.train.detection`` gets its boxes (and masks) drawn instead,
-those scoring at least ``--score-thresh``.
+those scoring at least ``--score-thresh``. With ``--labels "cat,dog"`` a CLIP model
+(``--model clip_vit_b_32``, optional ``--checkpoint``) prints zero-shot probabilities instead.
+``--model blip_captioning_base --checkpoint DIR`` prints a BLIP caption (a Hugging Face
+``BlipForConditionalGeneration`` folder, or a file with ``--tokenizer``).
 """
 
 import argparse
@@ -25,9 +28,18 @@ from .train.segmentation import build_model, logits_of, overlay
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cvops.predict", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default=None, help="required except for CLIP (--labels)")
     p.add_argument("--image", required=True)
-    p.add_argument("--out", required=True, help="overlay PNG to write")
+    p.add_argument("--out", default=None, help="overlay PNG to write (required but for CLIP)")
+    p.add_argument(
+        "--labels",
+        default=None,
+        help='CLIP zero-shot: comma-separated class names ("cat,dog"); prints probabilities',
+    )
+    p.add_argument("--tokenizer", default=None, help="BLIP: tokenizer folder or BERT vocab.txt")
+    p.add_argument("--num-beams", type=int, default=3, help="BLIP: beam size (1: greedy)")
+    p.add_argument("--max-length", type=int, default=20, help="BLIP: caption tokens at most")
+    p.add_argument("--min-length", type=int, default=5, help="BLIP: caption tokens at least")
     p.add_argument("--mask-out", default=None, help="also write the label mask (palette PNG)")
     p.add_argument(
         "--image-size",
@@ -64,6 +76,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     from PIL import Image
 
     args = parser().parse_args(argv)
+    if args.labels is not None:  # CLIP zero-shot classification
+        from .models.vision_language.clip_predict import main as clip_main
+
+        return clip_main(args)
+    if args.model is not None and args.model.startswith("blip_captioning"):  # BLIP caption
+        from .models.vision_language.blip_predict import main as blip_main
+
+        return blip_main(args)
+    if args.checkpoint is None or args.out is None:
+        parser().error("--checkpoint and --out are required (except with --labels)")
     device = resolve_device(args.device)
     ck = load_checkpoint(args.checkpoint)
     meta = ck.get("meta") or {}

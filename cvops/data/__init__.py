@@ -1,6 +1,7 @@
 """Datasets for the cvops tasks: synthetic data generated on the fly (so every command runs
 offline) and the on-disk layouts of real datasets, through one code path per task."""
 
+from .captions import SyntheticCaptions, caption_classes
 from .coco import (
     SYNTHETIC_SHAPES,
     CocoDetection,
@@ -10,6 +11,12 @@ from .coco import (
     detection_transforms,
     load_coco,
     make_synthetic_coco,
+)
+from .coco_panoptic import (
+    CocoPanoptic,
+    PanopticFlip,
+    make_synthetic_coco_panoptic,
+    read_panoptic_png,
 )
 from .segmentation import (
     IGNORE_INDEX,
@@ -28,6 +35,8 @@ from .segmentation import (
 from .transforms import SeededTransform, SegmentationTransform, seeded
 
 __all__ = [
+    "SyntheticCaptions",
+    "caption_classes",
     "SYNTHETIC_SHAPES",
     "CocoDetection",
     "DetectionTransform",
@@ -36,6 +45,10 @@ __all__ = [
     "detection_transforms",
     "load_coco",
     "make_synthetic_coco",
+    "CocoPanoptic",
+    "PanopticFlip",
+    "make_synthetic_coco_panoptic",
+    "read_panoptic_png",
     "IGNORE_INDEX",
     "SHAPES",
     "SeededTransform",

@@ -353,6 +353,7 @@ def make_synthetic_coco(
     crowd: bool = True,
     image_format: str = "jpg",
     category_id_step: int = 2,
+    background: Optional[Callable[[int, int, int], np.ndarray]] = None,
 ) -> Tuple[str, str]:
     """Write a small COCO-format instance dataset under ``out_dir``: ``images/*.{jpg,png}`` and
     ``instances.json`` (``info``, ``images``, ``annotations``, ``categories``). Returns
@@ -366,6 +367,8 @@ def make_synthetic_coco(
     COCO. The last ``num_empty`` images have no objects. Category ids are ``1, 1 + step, ...``
     (not contiguous, like COCO's), image ids ``1..n_images``. The output is a function of the
     arguments (``seed`` included) only.
+    ``background(index, h, w)``, when given, paints image ``index``'s background (float
+    ``[h, w, 3]`` in [0, 1]) instead of the default texture (the panoptic writer's stuff regions).
     """
     from PIL import Image
     from pycocotools import mask as mask_utils
@@ -390,7 +393,7 @@ def make_synthetic_coco(
         rng = np.random.default_rng([int(seed), i])
         image_id = i + 1
         file_name = "%012d.%s" % (image_id, image_format)
-        image = _background(rng, h, w)
+        image = _background(rng, h, w) if background is None else background(i, h, w)
         occupied = np.zeros((h, w), dtype=bool)
         objects = []  # (category index, mask, segmentation, iscrowd)
         n = 0 if i >= n_images - num_empty else int(rng.integers(1, max_objects + 1))

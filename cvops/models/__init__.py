@@ -5,7 +5,13 @@ Parameter and buffer names follow the reference implementation users have checkp
 """
 
 # importing the families registers their builders
-from . import classification, detection, segmentation  # noqa: E402, F401
+from . import (  # noqa: E402, F401
+    classification,
+    detection,
+    segmentation,
+    vision_language,  # CLIP, BLIP
+    yolo,  # YOLOv5/v7/v8
+)
 from ._registry import get_model, get_model_builder, list_models, register_model
 from .classification import *  # noqa: E402, F401, F403
 from .detection import *  # noqa: E402, F401, F403
@@ -15,6 +21,8 @@ __all__ = [
     "classification",
     "detection",
     "segmentation",
+    "vision_language",
+    "yolo",
     "get_model",
     "get_model_builder",
     "list_models",

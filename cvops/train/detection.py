@@ -35,6 +35,19 @@ from ..data.coco import (
 )
 from ..data.transforms import SeededTransform
 from ..metrics.coco import COCO_STAT_NAMES, CocoEvaluator
+from ..models.detection.paper_detectors import (
+    PAPER_FAMILIES,
+    build_paper_detector,
+    with_proposals,
+)
+from ..models.detection.proposals import proposals_of
+from ..models.yolo.training import (
+    YOLO_FAMILIES,
+    add_yolo_args,
+    build_yolo_detector,
+    yolo_build_options,
+    yolo_train_transform,
+)
 from .engine import (
     Engine,
     Task,
@@ -47,7 +60,7 @@ from .engine import (
     resolve_device,
 )
 
-FAMILIES = ("fasterrcnn", "maskrcnn", "retinanet")
+FAMILIES = ("fasterrcnn", "maskrcnn", "retinanet") + PAPER_FAMILIES + YOLO_FAMILIES
 STATE_PREFIX = "detector."  # the engine's checkpoints hold DetectorAdapter's state_dict
 DRAWN = ("boxes", "labels", "scores", "masks")  # the target keys draw_detections reads
 
@@ -61,7 +74,10 @@ def family_of(name: str) -> str:
     for family in FAMILIES:
         if base.startswith(family):
             return family
-    raise ValueError("%r is not a Faster R-CNN, Mask R-CNN or RetinaNet builder" % name)
+    raise ValueError(
+        "%r is not a detector builder: its name must start with one of %s"
+        % (name, ", ".join(FAMILIES))
+    )
 
 
 def anchor_generator(family: str, sizes: Sequence[int]):
@@ -96,6 +112,12 @@ def build_detector(
     from ..models.segmentation.fpn import FrozenBatchNorm2d, LastLevelP6P7, resnet_fpn_backbone
 
     family = family_of(model)
+    if family in YOLO_FAMILIES:  # letterbox size and thresholds only (kwargs)
+        return build_yolo_detector(model, num_classes, **kwargs)
+    if family in PAPER_FAMILIES:  # VGG16, no norm layers, no anchors
+        return build_paper_detector(
+            model, num_classes, backbone, trainable_layers, anchor_sizes, **kwargs
+        )
     norm_layer = {"bn": nn.BatchNorm2d, "frozen": FrozenBatchNorm2d}[norm]
     if anchor_sizes:
         key = "anchor_generator" if family == "retinanet" else "rpn_anchor_generator"
@@ -137,6 +159,8 @@ class DetectorAdapter(nn.Module):
             return self.detector(images, targets)
         # detections in float32 under --amp too: bfloat16 boxes are off by up to 4 px at 800 px
         with torch.autocast(images[0].device.type, enabled=False):
+            if getattr(self.detector, "takes_proposals", False):  # R-CNN, Fast R-CNN
+                return self.detector(images, proposals=proposals_of(targets))
             return self.detector(images)
 
 
@@ -215,15 +239,19 @@ def draw_detections(
 
 
 @torch.no_grad()
-def detect(model: nn.Module, image: Tensor, device=None) -> Dict[str, Tensor]:
+def detect(model: nn.Module, image: Tensor, device=None, proposals=None) -> Dict[str, Tensor]:
     """The detections of a detector (or a :class:`DetectorAdapter`) for one image
-    (float ``[3, H, W]`` in [0, 1]), on the CPU."""
+    (float ``[3, H, W]`` in [0, 1]), on the CPU; ``proposals`` (``Tensor[N, 4]``) for the
+    paper detectors."""
     if isinstance(model, DetectorAdapter):
         model = model.detector
     model.eval()
     if device is None:
         device = next(model.parameters()).device
-    out = model([image.to(device)])[0]
+    if proposals is not None:
+        out = model([image.to(device)], proposals=[proposals.to(device)])[0]
+    else:
+        out = model([image.to(device)])[0]
     return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
 
 
@@ -335,14 +363,28 @@ class DetectionTask(Task):
         if train.classes != val.classes:
             raise ValueError("training and validation sets have different categories")
         self.classes = list(train.classes)
+        if self.family in PAPER_FAMILIES:  # their targets carry the proposals
+            if not a.proposals:
+                raise ValueError(
+                    "%s needs --proposals (selective_search, jitter or FILE.json)" % a.model
+                )
+            return with_proposals(train, val, a.proposals, a.hflip if a.augment else 0.0, a.seed)
+        if a.proposals:
+            raise ValueError("--proposals is for fast_rcnn_vgg16 and rcnn, not %s" % a.model)
         if a.augment:
-            train = SeededTransform(train, detection_transforms(train=True, hflip=a.hflip), a.seed)
+            if self.family in YOLO_FAMILIES:  # + HSV and scale jitter
+                transform = yolo_train_transform(a)
+            else:
+                transform = detection_transforms(train=True, hflip=a.hflip)
+            train = SeededTransform(train, transform, a.seed)
         return train, val
 
     # -- model
     def build_options(self) -> Dict[str, Any]:
         """The :func:`build_detector` keywords of this run (saved in the checkpoints)."""
         a = self.args
+        if self.family in YOLO_FAMILIES:
+            return yolo_build_options(a)
         kwargs = {}
         # synthetic data: the detector keeps the images' size unless told otherwise
         min_size = a.min_size or (a.image_size if a.data == "synthetic" else None)
@@ -390,7 +432,7 @@ class DetectionTask(Task):
         scale = max(1, -(-256 // max(dataset[0][0].shape[-2:])))
         for i in range(n):
             image, target = dataset[i]
-            dets = detect(model, image, device)
+            dets = detect(model, image, device, target.get("proposals"))
             crowd = target.get("iscrowd", torch.zeros(0)).bool()
             if crowd.any():  # crowd regions are not objects to find: not drawn
                 target = {k: v[~crowd] for k, v in target.items() if k in DRAWN}
@@ -492,6 +534,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--data-seed", type=int, default=0, help="synthetic data seed (val: +1)")
     g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flips")
+    g.add_argument(
+        "--proposals",
+        default=None,
+        help="fast_rcnn_vgg16/rcnn: selective_search (needs opencv-contrib-python-headless), "
+        "FILE.json ({image_id: [[x1, y1, x2, y2], ...]}) or jitter (jittered ground truth + "
+        "random boxes: an offline test aid, see docs/paper_detectors.md)",
+    )
+    add_yolo_args(p)
     g = p.add_argument_group("output")
     g.add_argument("--vis-samples", type=int, default=4, help="rows in predictions.png")
     g.add_argument("--score-thresh", type=float, default=0.5, help="drawn detections' score")

@@ -14,6 +14,10 @@ the engine owns the rest:
 * SGD or AdamW, gradient clipping, the poly schedule
   ``PolynomialLR(total_iters, power)`` stepped every iteration, after an optional linear warmup
   (``LinearLR`` + ``SequentialLR``);
+* ``--ema DECAY``: an exponential moving average of the weights (and float buffers), with
+  the decay ramped up as ``DECAY * (1 - exp(-updates / 2000))`` so early, fast-changing weights
+  are not averaged in for long; evaluation, the predictions picture and the checkpoints'
+  ``model`` use the average (the trained weights are kept under ``train_model`` to resume);
 * checkpoints (``checkpoint_last.pt``, and ``checkpoint_epochNNN.pt`` every ``--save-every``
   epochs) holding model, optimizer, scheduler, scaler, step and history, and ``--resume``;
 * ``metrics.json`` (one record per epoch), ``curves.png`` (loss and metric curves) and the
@@ -58,6 +62,7 @@ class EngineConfig:
     resume: Optional[str] = None
     save_every: int = 0
     progress: bool = True
+    ema: float = 0.0
 
 
 # (EngineConfig field, type, help) of the engine's typed flags, in --help order.
@@ -78,6 +83,7 @@ _FLAGS = (
     ("workers", int, "DataLoader workers"),
     ("resume", str, "checkpoint to resume from ('last': OUT/checkpoint_last.pt)"),
     ("save_every", int, "also keep checkpoint_epochNNN.pt every N epochs (0: only the last)"),
+    ("ema", float, "decay of an EMA of the weights used for evaluation and saving (0: off)"),
 )
 
 
@@ -292,6 +298,32 @@ def build_scheduler(
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, poly], [warmup_iters])
 
 
+class ModelEMA:
+    """Exponential moving average of a model's floating-point state (weights and float
+    buffers such as BatchNorm statistics). The effective decay ramps up with the number of
+    updates, ``decay * (1 - exp(-updates / tau))``, so the average follows the fast early
+    training and smooths the later, noisy steps."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0):
+        import copy
+
+        if not 0.0 < decay < 1.0:
+            raise ValueError("ema decay must be in (0, 1), got %r" % decay)
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        current = model.state_dict()
+        for name, avg in self.module.state_dict().items():
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(current[name].detach(), alpha=1 - d)
+            else:
+                avg.copy_(current[name])
+
+
 def autocast_context(device: torch.device, enabled: bool):
     """bfloat16 autocast on CPU, float16 on CUDA; a no-op when disabled."""
     if not enabled:
@@ -410,9 +442,20 @@ class Engine:
         if self.dist.is_main:
             print(msg, flush=True)
 
+    def eval_model(self) -> nn.Module:
+        """The model evaluated and saved: the EMA of the weights under ``--ema``."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
+
     def state_dict(self) -> Dict[str, Any]:
+        extra = {}
+        if self.ema is not None:
+            extra = {
+                "train_model": unwrap(self.model).state_dict(),
+                "ema_updates": self.ema.updates,
+            }
         return {
-            "model": unwrap(self.model).state_dict(),
+            **extra,
+            "model": self.eval_model().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -429,7 +472,10 @@ class Engine:
         if path == "last":
             path = os.path.join(self.cfg.out, "checkpoint_last.pt")
         ck = load_checkpoint(path, map_location=self.dist.device)
-        unwrap(self.model).load_state_dict(ck["model"])
+        unwrap(self.model).load_state_dict(ck.get("train_model", ck["model"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ck["model"])
+            self.ema.updates = int(ck.get("ema_updates", 0))
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
@@ -470,6 +516,7 @@ class Engine:
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.model = model
+        self.ema = ModelEMA(unwrap(model), cfg.ema) if cfg.ema > 0 else None
         self.epoch, self.step, self.history = 0, 0, []
         if cfg.resume:
             self._resume(cfg.resume)
@@ -509,6 +556,8 @@ class Engine:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(unwrap(model))
             self.scheduler.step()
             self.step += 1
             total += loss.detach().double()
@@ -527,7 +576,7 @@ class Engine:
     @torch.no_grad()
     def evaluate(self) -> Dict[str, Any]:
         """Loss and the task's metrics on the whole validation set (all processes)."""
-        device, model = self.dist.device, unwrap(self.model)
+        device, model = self.dist.device, self.eval_model()
         broadcast_buffers(model)
         model.eval()
         evaluator = self.task.evaluator()
@@ -552,7 +601,7 @@ class Engine:
             json.dump(_json_safe(self.history), f, indent=1)
         plot_curves(self.history, self.task.primary_metric, os.path.join(cfg.out, "curves.png"))
         self.task.save_predictions(
-            unwrap(self.model),
+            self.eval_model(),
             self.val_dataset,
             os.path.join(cfg.out, "predictions.png"),
             self.dist.device,
