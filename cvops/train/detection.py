@@ -35,19 +35,7 @@ from ..data.coco import (
 )
 from ..data.transforms import SeededTransform
 from ..metrics.coco import COCO_STAT_NAMES, CocoEvaluator
-from ..models.detection.paper_detectors import (
-    PAPER_FAMILIES,
-    build_paper_detector,
-    with_proposals,
-)
 from ..models.detection.proposals import proposals_of
-from ..models.yolo.training import (
-    YOLO_FAMILIES,
-    add_yolo_args,
-    build_yolo_detector,
-    yolo_build_options,
-    yolo_train_transform,
-)
 from .engine import (
     Engine,
     Task,
@@ -58,6 +46,18 @@ from .engine import (
     model_builder,
     parse_key_values,
     resolve_device,
+)
+from .paper_detector_hooks import (
+    PAPER_FAMILIES,
+    build_paper_detector,
+    with_proposals,
+)
+from .yolo_hooks import (
+    YOLO_FAMILIES,
+    add_yolo_args,
+    build_yolo_detector,
+    yolo_build_options,
+    yolo_train_transform,
 )
 
 FAMILIES = ("fasterrcnn", "maskrcnn", "retinanet") + PAPER_FAMILIES + YOLO_FAMILIES
@@ -476,8 +476,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="maskrcnn_resnet50_fpn",
-        help="fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, retinanet_resnet50_fpn, or "
-        "module:function (default: %(default)s)",
+        help="fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, retinanet_resnet50_fpn, "
+        "fast_rcnn_vgg16, rcnn (with --proposals), yolov5n..x, yolov7, yolov7_tiny, "
+        "yolov8n..x, or module:function (default: %(default)s)",
     )
     g.add_argument(
         "--backbone",

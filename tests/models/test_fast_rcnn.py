@@ -11,7 +11,6 @@ import torchvision
 
 import cvops.models as cm
 from cvops.models.detection.fast_rcnn import FastRCNNRoIHeads
-from cvops.models.detection.paper_detectors import build_paper_detector, with_proposals
 from cvops.models.detection.proposals import (
     FileProposals,
     FlipWithProposals,
@@ -21,6 +20,7 @@ from cvops.models.detection.proposals import (
 )
 from cvops.models.detection.roi_heads import fastrcnn_loss
 from cvops.ops import box_iou
+from cvops.train.paper_detector_hooks import build_paper_detector, with_proposals
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from cvops.models.yolo.training import yolo_train_transform
 from cvops.train import detection
 from cvops.train.engine import ModelEMA, load_checkpoint
+from cvops.train.yolo_hooks import yolo_train_transform
 from tests.conftest import requires_ops
 from tests.train._launch import torchrun
 

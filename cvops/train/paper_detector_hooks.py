@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 from torch import nn
 
-from .proposals import FlipWithProposals, WithProposals, proposal_source
+from ..models.detection.proposals import FlipWithProposals, WithProposals, proposal_source
 
 PAPER_FAMILIES = ("fast_rcnn", "rcnn")
 
@@ -25,7 +25,7 @@ def build_paper_detector(
     Only VGG16 (``width=`` narrows it) and no anchors; ``trainable_layers`` (0-5): Fast
     R-CNN's last conv blocks left trainable (default all: offline runs start from random
     weights). R-CNN warps crops, so ``min_size``/``max_size`` apply to Fast R-CNN only."""
-    from .._registry import get_model_builder
+    from ..models._registry import get_model_builder
 
     if backbone not in (None, "vgg16"):
         raise ValueError("--backbone: the paper detectors use VGG16, got %r" % backbone)
@@ -51,7 +51,7 @@ def with_proposals(
     """``(train, val)`` with ``target["proposals"]`` from ``spec`` (``selective_search``,
     ``jitter`` or a JSON file, :func:`.proposals.proposal_source`); with ``hflip > 0`` the
     training samples are flipped with their proposals (seeded per sample)."""
-    from ...data.transforms import SeededTransform
+    from ..data.transforms import SeededTransform
 
     source = proposal_source(spec, seed)
     train, val = WithProposals(train, source), WithProposals(val, source)

@@ -29,7 +29,7 @@ def build_yolo_detector(model: str, num_classes: int, **kwargs) -> nn.Module:
     """The registered YOLO builder ``model`` (e.g. ``"yolov8n"``) for ``num_classes`` classes
     counting the background; ``kwargs`` go to the model (``image_size``, ``score_thresh``,
     ``nms_thresh``, ``detections_per_img``, ``loss_options``)."""
-    from ...train.engine import model_builder
+    from .engine import model_builder
 
     if num_classes < 2:
         raise ValueError("num_classes counts the background: >= 2 needed, got %d" % num_classes)
@@ -43,7 +43,7 @@ def _multiple_of_32(size: int) -> int:
 def yolo_build_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The model keywords of a run: the letterbox size (``--min-size``, else the synthetic
     ``--image-size``, else 640; rounded up to a multiple of 32) and ``--model-arg`` items."""
-    from ...train.engine import parse_key_values
+    from .engine import parse_key_values
 
     size = args.min_size or (args.image_size if args.data == "synthetic" else 640)
     return {"image_size": _multiple_of_32(size), **parse_key_values(args.model_arg)}
@@ -56,7 +56,7 @@ def yolo_train_transform(args: argparse.Namespace):
     horizontal flip (``--hflip``). Boxes leaving the image are clipped, tiny ones dropped."""
     from torchvision.transforms import v2
 
-    from ...data.coco import DetectionTransform
+    from ..data.coco import DetectionTransform
 
     hue, sat, val = args.hsv
     ops = []
