@@ -3,6 +3,9 @@
     python benchmarks/tables.py benchmarks/results/cpu-2026-11-29-110[0-6]*.json
     python benchmarks/tables.py          # the newest three default and three fixed-malloc runs
 
+benchmarks/results/ keeps only the latest run per device; restore the runs of BENCHMARKS.md's
+table from git history first: git checkout a727558 -- 'benchmarks/results/cpu-2026-11-29-11*'
+
 The runs are split by the allocator setting their JSON records (``meta.malloc``). Each row
 puts the two settings side by side, median speedup of the runs and each run's in brackets,
 and leads with the conservative figure: the lower of the two medians, which is also what the

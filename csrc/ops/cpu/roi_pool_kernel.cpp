@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/cpu_utils.h"
+#include "common/simd.h"
 #include "ops/roi_pool.h"
 #include "ops/roi_pool_checks.h"
 
@@ -204,31 +205,17 @@ CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, i
   for (; c < C; ++c) bin_max_scalar(image, W, C, hr, wr, c, m, a);  // remaining channels
 }
 
-// One entry per dtype: 32-byte vectors where the CPU has AVX2, 16-byte (SSE2 on x86-64)
-// vectors otherwise. The AVX2 body is compiled for that target alone (CVOPS_TARGET_AVX2) and
-// picked at run time (cpu_has_avx2()), so the build's minimum CPU is unchanged.
-#define CVOPS_DEFINE_BIN_MAX(scalar_t, acc_t)                                                 \
-  void bin_max_base(const scalar_t* image, int64_t W, int64_t C, BinRange hr, BinRange wr,    \
-                    acc_t* m, int32_t* a) {                                                   \
-    bin_max_impl<16, 4>(image, W, C, hr, wr, m, a);                                           \
-  }                                                                                           \
-  CVOPS_TARGET_AVX2 void bin_max_avx2(const scalar_t* image, int64_t W, int64_t C,            \
-                                      BinRange hr, BinRange wr, acc_t* m, int32_t* a) {       \
-    bin_max_impl<32, 4>(image, W, C, hr, wr, m, a);                                           \
-  }                                                                                           \
-  inline void bin_max(const scalar_t* image, int64_t W, int64_t C, BinRange hr, BinRange wr,  \
-                      acc_t* m, int32_t* a) {                                                 \
-    if (CVOPS_HAS_AVX2_TARGET && cpu_has_avx2()) {                                            \
-      bin_max_avx2(image, W, C, hr, wr, m, a);                                                \
-    } else {                                                                                  \
-      bin_max_base(image, W, C, hr, wr, m, a);                                                \
-    }                                                                                         \
-  }
-CVOPS_DEFINE_BIN_MAX(float, float)
-CVOPS_DEFINE_BIN_MAX(double, double)
-CVOPS_DEFINE_BIN_MAX(c10::BFloat16, float)
-CVOPS_DEFINE_BIN_MAX(c10::Half, float)
-#undef CVOPS_DEFINE_BIN_MAX
+// 32-byte vectors where the CPU has AVX2, 16-byte (SSE2 on x86-64) vectors otherwise: the
+// body runs in a function compiled for that ISA alone (common/simd.h's dispatch_isa, capped at
+// AVX2: no AVX-512 body was written or measured for it), so the build's minimum CPU is
+// unchanged.
+template <typename scalar_t, typename acc_t>
+inline void bin_max(const scalar_t* image, int64_t W, int64_t C, BinRange hr, BinRange wr,
+                    acc_t* m, int32_t* a) {
+  simd::dispatch_isa<simd::MaxIsa::kAvx2>([&](auto lanes) CVOPS_ALWAYS_INLINE {
+    bin_max_impl<decltype(lanes)::value * 4, 4>(image, W, C, hr, wr, m, a);
+  });
+}
 
 template <typename scalar_t>
 void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output,
