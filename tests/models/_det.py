@@ -8,6 +8,7 @@ import torch
 import torchvision.models.detection as tvdet
 
 import cvops.models as cm
+from cvops.bench.cases.detection import float32_errors
 
 from ._equiv import build_on_meta, randomize_constants_, transplant
 
@@ -67,15 +68,7 @@ def rounding_tolerances(ref, imgs, expected, factor=4.0):
     errors: so max(BOX_ATOL or SCORE_ATOL, ``factor`` x torchvision's error). A wrong weight,
     eps or layer order misses it by orders of magnitude."""
     exact = copy.deepcopy(ref).double().eval()([img.double() for img in imgs])
-    box_err = score_err = 0.0
-    for e, x in zip(expected, exact, strict=True):
-        d = (e["boxes"].double()[:, None, :] - x["boxes"][None, :, :]).abs().amax(-1)
-        d = torch.where(e["labels"][:, None] == x["labels"][None, :], d, float("inf"))
-        nearest = d.min(1)
-        box_err = max(box_err, nearest.values.max().item())
-        score_err = max(
-            score_err, (e["scores"].double() - x["scores"][nearest.indices]).abs().max().item()
-        )
+    box_err, score_err = float32_errors(expected, exact)
     return max(BOX_ATOL, factor * box_err), max(SCORE_ATOL, factor * score_err)
 
 

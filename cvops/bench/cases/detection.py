@@ -48,9 +48,9 @@ def _models(name: str, device: str):
     return ours.to(device), ref.to(device)
 
 
-def _float32_errors(dets, exact):
+def float32_errors(dets, exact):
     """(box, score) distance of float32 detections from the float64 run's, each detection
-    paired with the nearest float64 box of its label."""
+    paired with the nearest float64 box of its label (also the detector tests' bound)."""
     box = score = 0.0
     for d, x in zip(dets, exact):
         dist = (d["boxes"].double()[:, None, :] - x["boxes"][None, :, :]).abs().amax(-1)
@@ -92,7 +92,7 @@ def _check_same_detections(name, ours, ref, images):
     with torch.inference_mode():
         expected, actual = ref(images), ours(images)
         exact = copy.deepcopy(ref).double()([img.double() for img in images])
-    box_err, score_err = _float32_errors(expected, exact)
+    box_err, score_err = float32_errors(expected, exact)
     box_atol, score_atol = max(1e-3, 4 * box_err), max(1e-4, 4 * score_err)
     if not _same_detections(actual, expected, box_atol, score_atol):
         raise RuntimeError(

@@ -40,6 +40,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .._conv_bn import fold_bn
+
 __all__ = [
     "AnchorDetect",
     "Concat",
@@ -103,10 +105,9 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         conv.groups,
         bias=True,
     ).to(conv.weight)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    weight, bias = fold_bn(conv, bn)
+    fused.weight.copy_(weight)
+    fused.bias.copy_(bias)
     return fused
 
 
