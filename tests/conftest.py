@@ -39,8 +39,15 @@ def devices():
 
 @pytest.fixture
 def default_depthwise_path(monkeypatch):
-    """CVOPS_DEPTHWISE_CPU_PATH unset: depthwise calls take the default CPU path."""
+    """Depthwise calls on CPU take the plan's own kernels: no kernel forced in this process
+    (CVOPS_DEPTHWISE_CPU_PATH is read once per process, so a value it had at start-up is
+    overridden here), and the variable unset for the subprocesses a test starts."""
+    import importlib
+
     monkeypatch.delenv("CVOPS_DEPTHWISE_CPU_PATH", raising=False)
+    dw = importlib.import_module("cvops.ops.depthwise_conv2d")  # the module, not the function
+    with dw.force_cpu_kernel(None):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,9 @@
 
 namespace cvops {
 
+// Floats per AVX-512 vector: the lanes of every AVX-512 kernel.
+constexpr int64_t kLanes = 16;
+
 // f(std::integral_constant<int, 0>()), ..., f(std::integral_constant<int, N - 1>()): a loop
 // whose index is a compile-time constant in the body (GCC does not always unroll a loop fully
 // on its own; an array indexed by a run-time value then stays in memory, not in registers).

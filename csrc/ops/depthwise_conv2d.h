@@ -64,4 +64,40 @@ CVOPS_HOST_DEVICE inline int64_t phase_index(int64_t c, int64_t s) { return c / 
 CVOPS_HOST_DEVICE inline int64_t phase_length(int64_t wp, int64_t s) { return (wp + s - 1) / s; }
 
 }  // namespace depthwise_math
+
+// One call's geometry, the only one every depthwise kernel (CPU and CUDA) reads: the sizes and
+// hyper-parameters, and the window math above as methods. Built and checked by
+// depthwise_params (depthwise_conv2d_checks.h).
+struct DepthwiseParams {
+  int64_t batch, channels, multiplier, height, width;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int64_t out_h, out_w;
+
+  CVOPS_HOST_DEVICE int64_t out_channels() const { return channels * multiplier; }
+  // The input row / column that tap kh / kw of output row oh / column ow reads (outside
+  // [0, height) / [0, width): padding).
+  CVOPS_HOST_DEVICE int64_t input_row(int64_t oh, int64_t kh) const {
+    return depthwise_math::input_index(oh, kh, stride_h, pad_h, dil_h);
+  }
+  CVOPS_HOST_DEVICE int64_t input_col(int64_t ow, int64_t kw) const {
+    return depthwise_math::input_index(ow, kw, stride_w, pad_w, dil_w);
+  }
+  CVOPS_HOST_DEVICE bool unit_stride() const { return stride_h == 1 && stride_w == 1; }
+  CVOPS_HOST_DEVICE bool undilated() const { return dil_h == 1 && dil_w == 1; }
+  CVOPS_HOST_DEVICE bool square(int64_t k) const { return kernel_h == k && kernel_w == k; }
+  // The input gradient of a stride-1 call is itself a stride-1 correlation: the output
+  // gradient (out_h x out_w planes) with the kernel flipped in both directions, padded by
+  // (k - 1) * d - p, gives height x width. This is that correlation's geometry.
+  CVOPS_HOST_DEVICE DepthwiseParams input_grad_as_correlation() const {
+    DepthwiseParams t = *this;
+    t.height = out_h;
+    t.width = out_w;
+    t.out_h = height;
+    t.out_w = width;
+    t.pad_h = (kernel_h - 1) * dil_h - pad_h;
+    t.pad_w = (kernel_w - 1) * dil_w - pad_w;
+    return t;
+  }
+};
+
 }  // namespace cvops

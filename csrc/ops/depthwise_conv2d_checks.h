@@ -11,13 +11,6 @@
 
 namespace cvops {
 
-struct DepthwiseParams {
-  int64_t batch, channels, multiplier, height, width;
-  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
-  int64_t out_h, out_w;
-  int64_t out_channels() const { return channels * multiplier; }
-};
-
 inline void check_depthwise_pair(const char* op, const char* name, at::IntArrayRef v,
                                  int64_t min) {
   TORCH_CHECK_VALUE(v.size() == 2, op, ": ", name, " must have two values (h, w), got ", v);

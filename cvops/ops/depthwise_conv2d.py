@@ -11,6 +11,7 @@ from torch.jit.annotations import BroadcastingList2
 from .. import extension
 from ._errors import call_op
 from ._utils import check_tensor, pair
+from .depthwise_cpu_plan import CPU_KERNELS, cpu_has_avx512, cpu_plan, force_cpu_kernel  # noqa: F401
 
 IntPair = Union[int, Tuple[int, int]]
 

@@ -9,6 +9,7 @@ from torch import nn
 import cvops
 from cvops.ops import DepthwiseConv2d
 from tests.conftest import devices, requires_ops, run_python
+from tests.ops._depthwise_routes import assert_model_routes
 
 pytestmark = requires_ops
 
@@ -97,6 +98,25 @@ MOBILENET_LIKE = [
 def test_matches_conv2d_float64(device, case, bias):
     shape, kernel, stride, padding, dilation, mult = case
     check_against_conv2d(shape, kernel, stride, padding, dilation, mult, bias, device=device)
+
+
+@pytest.mark.usefixtures("default_depthwise_path")
+@pytest.mark.parametrize("case", MOBILENET_LIKE, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_routes(case, dtype):
+    # The CPU plan for these: multiplier 2 always the plane kernel; the rest small planes,
+    # blocked in float64 and the AVX-512 kernels' (or blocked without AVX-512) in float32.
+    shape, kernel, stride, padding, dilation, mult = case
+    weight_shape = (shape[1] * mult, 1) + kernel
+    plan = assert_model_routes(shape, weight_shape, stride, padding, dilation, dtype=dtype)
+    if mult > 1:
+        assert plan == dict(
+            forward="plane", input_grad="plane", weight_grad="plane", backward="separate"
+        )
+    elif dtype == torch.float64:
+        assert plan == dict(
+            forward="blocked", input_grad="blocked", weight_grad="blocked", backward="separate"
+        )
 
 
 @pytest.mark.parametrize("device", devices())

@@ -1,18 +1,29 @@
 """Depthwise conv2d: _depthwise_conv2d_backward, both gradients at once (the forward's autograd
 calls it when it needs the input's and the weight's gradients and no graph of them). On
-AVX-512 CPUs a 3x3, stride-1, padding-1 float32 NCHW call with rows of at most 15 runs the
-fused kernel (depthwise_conv2d_backward512.cpp), else the two backward ops' kernels. Checked
-against autograd on F.conv2d(groups=C) in float64, for the rows the fused kernel must get
-right (pairs, odd batches, the widest rows, one-row and one-column planes) and the calls it
-hands on; opcheck and gradcheck/gradgradcheck of the op; infinities; thread counts."""
+AVX-512 CPUs the plan runs a 3x3, stride-1, padding-1, undilated float32 NCHW call with rows
+of at most 15 on the fused kernel, backward512 (depthwise_conv2d_backward512.cpp); every other
+call runs the input- and weight-gradient kernels the plan picks for those directions
+("separate"). Checked against autograd on F.conv2d(groups=C) in float64, for the rows the fused
+kernel must get right (pairs, odd batches, the widest rows, one-row and one-column planes)
+and the calls it hands on (their routes asserted through cpu_plan); forcing backward512;
+opcheck and gradcheck/gradgradcheck of the op; infinities; thread counts."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.conftest import devices, requires_ops
+from tests.ops._depthwise_routes import (
+    assert_model_routes,
+    assert_routes,
+    cpu_plan,
+    forced,
+    requires_avx512_for,
+)
 
 pytestmark = [requires_ops, pytest.mark.usefixtures("default_depthwise_path")]
+
+requires_avx512 = requires_avx512_for("backward512")
 
 ops = torch.ops.cvops
 
@@ -58,9 +69,29 @@ FUSED = [
 ]
 
 
+@requires_avx512
 @pytest.mark.parametrize("shape", FUSED, ids=str)
 def test_fused_shapes_match_conv2d(shape):
+    assert_routes(shape, (shape[1], 1, 3, 3), 1, 1, 1, {"backward": "backward512"})
     check(shape)
+
+
+@pytest.mark.parametrize(
+    "kernel", ["plane", "blocked", pytest.param("masked", marks=requires_avx512)]
+)
+@pytest.mark.parametrize("shape", [(8, 16, 7, 7), (3, 5, 7, 7), (2, 3, 14, 14)], ids=str)
+def test_fused_shapes_with_another_kernel_forced(kernel, shape):
+    # a forced kernel other than backward512: the two gradients run separately, on it
+    with forced(kernel):
+        assert_routes(
+            shape,
+            (shape[1], 1, 3, 3),
+            1,
+            1,
+            1,
+            dict(input_grad=kernel, weight_grad=kernel, backward="separate"),
+        )
+        check(shape)
 
 
 HANDED_ON = [
@@ -76,7 +107,32 @@ HANDED_ON = [
 @pytest.mark.parametrize("case", HANDED_ON, ids=str)
 def test_other_calls_match_conv2d(case):
     shape, kernel, stride, padding, dilation = case
+    plan = assert_model_routes(shape, (shape[1], 1, kernel, kernel), stride, padding, dilation)
+    assert plan["backward"] == "separate"
     check(shape, kernel, stride, padding, dilation)
+
+
+@requires_avx512
+def test_forced_backward512():
+    # The forward (and the separate gradient ops) follow the plan; the fused op runs
+    # backward512 where it applies and raises where it does not.
+    shape, w = (3, 5, 7, 7), (5, 1, 3, 3)
+    default = cpu_plan(shape, w, 1, 1, 1)
+    with forced("backward512"):
+        plan = cpu_plan(shape, w, 1, 1, 1)
+        assert plan["backward"] == "backward512"
+        assert {k: plan[k] for k in ("forward", "input_grad", "weight_grad")} == {
+            k: default[k] for k in ("forward", "input_grad", "weight_grad")
+        }
+        check(shape)
+        x = torch.randn(2, 3, 7, 7)
+        out = torch.ops.cvops.depthwise_conv2d(
+            x, torch.randn(3, 1, 5, 5), None, [1, 1], [2, 2], [1, 1]
+        )  # not an error: the forward's kernel
+        assert out.shape == (2, 3, 7, 7)
+        for case in HANDED_ON:
+            with pytest.raises(RuntimeError, match="does not apply"):
+                check(*case)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -92,6 +148,7 @@ def test_other_dtypes_match_conv2d(dtype):
             torch.testing.assert_close(a.double(), b, rtol=2e-2, atol=5e-2)
     else:
         check((2, 3, 7, 7), dtype=dtype)
+    assert_routes((2, 3, 7, 7), (3, 1, 3, 3), 1, 1, 1, {"backward": "separate"}, dtype=dtype)
 
 
 def test_channels_last_matches_conv2d():
@@ -101,6 +158,7 @@ def test_channels_last_matches_conv2d():
     got = ops._depthwise_conv2d_backward(g, x, w, [1, 1], [1, 1], [1, 1])
     for a, b in zip(got, reference(x, w, g, 1, 1, 1)):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    assert_routes((2, 3, 7, 7), (3, 1, 3, 3), 1, 1, 1, {"backward": "separate"}, channels_last=True)
 
 
 @pytest.mark.parametrize("device", devices())

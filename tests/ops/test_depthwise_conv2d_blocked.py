@@ -1,6 +1,9 @@
-"""Depthwise conv2d CPU: the channel-blocked path (small planes) and the plane path on the same
-shapes, forced through CVOPS_DEPTHWISE_CPU_PATH (read on every call), against
-F.conv2d(groups=C) for the output and all gradients."""
+"""Depthwise conv2d CPU: the channel-blocked kernel, blocked (multiplier 1, any dtype and
+memory format; the plan's choice for small output planes, out_h * out_w <= 30 * 30 at unit
+stride and <= 56 * 56 with a stride > 1, where the AVX-512 kernels do not take the call) and
+the plane kernel, plane (everything: the plan's choice for the rest), each forced on the same
+shapes with force_cpu_kernel, against F.conv2d(groups=C) for the output and all gradients;
+and the plan's own choice between them (routes asserted through cpu_plan)."""
 
 import pytest
 import torch
@@ -8,17 +11,26 @@ import torch.nn.functional as F
 
 import cvops
 from tests.conftest import requires_ops, run_python
+from tests.ops._depthwise_routes import (
+    ENV,
+    assert_model_routes,
+    assert_routes,
+    forced,
+    requires_avx512_for,
+)
 from tests.ops.test_depthwise_conv2d import check_against_conv2d
 
-pytestmark = requires_ops
+pytestmark = [requires_ops, pytest.mark.usefixtures("default_depthwise_path")]
 
-ENV = "CVOPS_DEPTHWISE_CPU_PATH"
+
+def routes(kernel, backward="separate"):
+    return dict(forward=kernel, input_grad=kernel, weight_grad=kernel, backward=backward)
 
 
 @pytest.fixture(params=["blocked", "plane"])
-def path(request, monkeypatch):
-    monkeypatch.setenv(ENV, request.param)
-    return request.param
+def path(request, default_depthwise_path):
+    with forced(request.param):
+        yield request.param
 
 
 SMALL = [
@@ -47,7 +59,27 @@ SMALL = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_small_planes_match_conv2d(path, case, dtype, channels_last):
+    shape, kernel, stride, padding, dilation = case
+    weight_shape = (shape[1], 1) + kernel
+    kw = dict(dtype=dtype, channels_last=channels_last)
+    assert_routes(shape, weight_shape, stride, padding, dilation, routes(path), **kw)
     check_against_conv2d(*case, 1, True, dtype, channels_last=channels_last)
+
+
+@pytest.mark.parametrize("case", SMALL)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_small_planes_plan(case, dtype, channels_last):
+    # The plan: blocked for all of these outside the AVX-512 kernels' calls (float64,
+    # channels-last, no AVX-512), else those (the model in _depthwise_routes).
+    shape, kernel, stride, padding, dilation = case
+    weight_shape = (shape[1], 1) + kernel
+    if channels_last and shape[1] == 1:
+        pytest.skip("one channel: channels-last and NCHW are the same layout")
+    kw = dict(dtype=dtype, channels_last=channels_last)
+    plan = assert_model_routes(shape, weight_shape, stride, padding, dilation, **kw)
+    if dtype == torch.float64 or channels_last:
+        assert plan == routes("blocked")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -58,8 +90,21 @@ def test_low_precision(path, dtype, stride):
 
 def test_no_bias_and_multiplier_two(path):
     check_against_conv2d((2, 9, 7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
-    # multiplier > 1 always runs the plane path
-    check_against_conv2d((2, 3, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1), 2, True)
+    # multiplier > 1: only the plane kernel; forcing blocked there does not apply
+    if path == "blocked":
+        with pytest.raises(RuntimeError, match="does not apply"):
+            check_against_conv2d((2, 3, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1), 2, True)
+    else:
+        check_against_conv2d((2, 3, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1), 2, True)
+
+
+def test_multiplier_two_plan_is_plane():
+    # small or not, float32 or not: multiplier > 1 runs the plane kernel
+    for shape in ((2, 3, 7, 7), (2, 32, 56, 56)):
+        for dtype in (torch.float32, torch.float64):
+            w = (2 * shape[1], 1, 3, 3)
+            assert_routes(shape, w, 1, 1, 1, routes("plane"), dtype=dtype)
+            assert_routes(shape, w, 2, 1, 1, routes("plane"), dtype=dtype)
 
 
 def test_strided_views(path):
@@ -109,39 +154,63 @@ def test_weight_gradient_independent_of_thread_count(path, stride):
         assert torch.equal(gw, results[0][0]) and torch.equal(gb, results[0][1])
 
 
-HAS_AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
-
-
-# "masked" is the AVX-512 path's name (float32, stride 1, NCHW: these tensors' default there).
+# "masked" and "rows512" are AVX-512 kernels (float32 NCHW calls); rows512 takes this 3x3
+# weight gradient by default there.
 @pytest.mark.parametrize(
     "chosen",
     [
         "blocked",
-        pytest.param(
-            "masked", marks=pytest.mark.skipif(not HAS_AVX512, reason="needs an AVX-512 CPU")
-        ),
+        pytest.param("masked", marks=requires_avx512_for("masked")),
+        pytest.param("rows512", marks=requires_avx512_for("rows512")),
     ],
 )
-def test_the_paths_differ(monkeypatch, chosen):
-    # The paths sum the weight gradient in different orders: with float32 data their results
-    # differ in the last bits, which shows that the variable selects the path.
+def test_the_paths_differ(chosen):
+    # The kernels sum the weight gradient in different orders: with float32 data their
+    # results differ in the last bits, which shows that forcing selects the kernel.
     x = torch.randn(4, 16, 14, 14)
     g = torch.randn(4, 16, 14, 14)
     got = {}
     for p in (chosen, "plane"):
-        monkeypatch.setenv(ENV, p)
-        got[p] = torch.ops.cvops._depthwise_conv2d_backward_weight(
-            g, x, 3, 3, [1, 1], [1, 1], [1, 1]
-        )
+        with forced(p):
+            assert_routes(x.shape, (16, 1, 3, 3), 1, 1, 1, {"weight_grad": p})
+            got[p] = torch.ops.cvops._depthwise_conv2d_backward_weight(
+                g, x, 3, 3, [1, 1], [1, 1], [1, 1]
+            )
     for a, b in zip(got[chosen], got["plane"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert not torch.equal(got[chosen][0], got["plane"][0])
 
 
-def test_default_selection_small_and_large(monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
-    check_against_conv2d((2, 16, 7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, torch.float32)
-    check_against_conv2d((1, 9, 40, 40), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, torch.float32)
+# The plan's own choice between blocked and plane (float64: no AVX-512 kernel takes these),
+# at the size limits: out_h * out_w <= 30 * 30 at unit stride, <= 56 * 56 strided.
+DEFAULT_SELECTION = [
+    # shape, stride, padding, kernel
+    ((2, 16, 7, 7), 1, 1, "blocked"),
+    ((1, 9, 30, 30), 1, 1, "blocked"),  # 900 outputs
+    ((1, 9, 31, 30), 1, 1, "plane"),  # 930
+    ((1, 9, 40, 40), 1, 1, "plane"),
+    ((1, 5, 112, 112), 2, 1, "blocked"),  # 56 x 56
+    ((1, 5, 113, 112), 2, 1, "plane"),  # 57 x 56
+    ((1, 5, 28, 28), 3, 1, "blocked"),  # stride 3
+    ((1, 3, 200, 200), 3, 1, "plane"),  # 67 x 67
+]
+
+
+@pytest.mark.parametrize("case", DEFAULT_SELECTION, ids=str)
+def test_default_selection_small_and_large(case):
+    shape, stride, padding, kernel = case
+    assert_routes(
+        shape, (shape[1], 1, 3, 3), stride, padding, 1, routes(kernel), dtype=torch.float64
+    )
+    assert_model_routes(shape, (shape[1], 1, 3, 3), stride, padding, 1, dtype=torch.float64)
+    check_against_conv2d(shape, (3, 3), (stride, stride), (padding, padding), (1, 1), 1, True)
+
+
+def test_default_selection_float32():
+    # float32 NCHW: the AVX-512 kernels where they apply, else the same two
+    for shape in ((2, 16, 7, 7), (1, 9, 40, 40)):
+        assert_model_routes(shape, (shape[1], 1, 3, 3), 1, 1, 1)
+        check_against_conv2d(shape, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, torch.float32)
 
 
 def test_blocked_baseline_loops_without_avx2():

@@ -1,11 +1,12 @@
-// Depthwise 2-D convolution CPU kernels, channel-blocked path for small planes. With a
-// 7x7-28x28 plane the plane path (depthwise_conv2d_kernel.cpp) is overhead-bound (a copy and
-// a short flattened row per plane), so for small outputs a task takes a block of kBlock
-// channels of one image instead: they are transposed into an interleaved buffer
-// [rows][cols][kBlock] (one vector of kBlock channels per pixel, the vector across channels)
-// and every kernel tap is one vector multiply-add per output pixel with the kBlock
-// per-channel weights of the tap in a register; kCols output columns are register-blocked. The result is transposed back to the output's strides. Any kernel size,
-// stride, dilation and padding runs the same loops (3x3 has compile-time kernel loops).
+// The depthwise CPU channel-blocked kernel (see depthwise_conv2d_cpu.h) for small planes. On a
+// 7x7-28x28 plane the plane kernel (depthwise_conv2d_plane.cpp) is overhead-bound (a copy and
+// a short flattened row per plane), so here a task takes a block of kBlock channels of one
+// image instead: they are transposed into an interleaved buffer [rows][cols][kBlock] (one
+// vector of kBlock channels per pixel, the vector across channels) and every kernel tap is one
+// vector multiply-add per output pixel with the kBlock per-channel weights of the tap in a
+// register; kCols output columns are register-blocked. The result is transposed back to the
+// output's strides. Any kernel size, stride, dilation and padding runs the same loops (3x3 has
+// compile-time kernel loops).
 //
 // * Forward: the input block in a zero-padded buffer [H + 2 pad_h][W + 2 pad_w].
 // * Input gradient, stride 1: the correlation of the zero-margined output gradient with the
@@ -20,31 +21,25 @@
 // Channel counts that are not a multiple of kBlock run the last block with the missing lanes
 // zero (discarded). Any strides are read and written directly, so channels-last tensors need
 // no NCHW copy. All four dtypes run it: half and bfloat16 are widened to float on load (the
-// op-math type), float32 and float64 accumulate in their own type. Only multiplier 1 runs it;
-// see use_blocked_path_impl for the selection rule. The loops are always-inline bodies
-// instantiated twice, for the baseline ISA and for AVX2+FMA, like the plane path's row kernels.
-#include "ops/cpu/depthwise_conv2d_blocked.h"
-
+// op-math type), float32 and float64 accumulate in their own type. Only multiplier 1 runs it
+// (blocked_applies). The loops are always-inline bodies run in simd::dispatch_isa's baseline
+// or AVX2+FMA function, like the plane kernel's row kernels.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "common/cpu_utils.h"
-
-#if defined(__GNUC__)
-#define CVOPS_DW_VEC_LOOPS 1
-#else
-#define CVOPS_DW_VEC_LOOPS 0
-#endif
+#include "common/simd.h"
+#include "ops/cpu/depthwise_conv2d_cpu.h"
 
 namespace cvops {
 namespace {
 
-#if CVOPS_DW_VEC_LOOPS
+using namespace depthwise_math;
+
 constexpr int64_t kBlock = 8;  // channels per task: one AVX2 float vector
 constexpr int64_t kCols = 4;   // output columns register-blocked in the tap loop
 
@@ -61,32 +56,9 @@ struct BlockMask {
   typedef int_t type __attribute__((vector_size(kBlock * sizeof(lane_t))));
 };
 
-#endif
-
-// Largest out_h * out_w that takes the blocked path, at stride 1 and at larger strides.
-// Measured on the 2-core Zen 5 VM (fp32, 3x3, 1 and 2 threads): at stride 1 the blocked path
-// wins up to 28x28 outputs and loses from 32x32; at stride 2 (where the plane path's phase
-// split costs more) it is still 1.3-1.7x faster at 40x40 and 56x56 outputs.
-constexpr int64_t kBlockedMaxPlane = 30 * 30;
-constexpr int64_t kBlockedMaxPlaneStrided = 56 * 56;
-
-// CVOPS_DEPTHWISE_CPU_PATH=blocked / plane forces a path (tests: both on the same shapes);
-// read on every call. Multiplier > 1 always runs the plane path.
-bool use_blocked_path_impl(const DepthwiseParams& p) {
-#if CVOPS_DW_VEC_LOOPS
-  if (p.multiplier != 1) return false;
-  const char* env = std::getenv("CVOPS_DEPTHWISE_CPU_PATH");
-  if (env != nullptr && std::strcmp(env, "blocked") == 0) return true;
-  if (env != nullptr && std::strcmp(env, "plane") == 0) return false;
-  const bool strided = p.stride_h > 1 || p.stride_w > 1;
-  return p.out_h * p.out_w <= (strided ? kBlockedMaxPlaneStrided : kBlockedMaxPlane);
-#else
-  (void)p;
-  return false;
-#endif
-}
-
-#if CVOPS_DW_VEC_LOOPS
+// A body's compile-time geometry: kernel KH x KW, column stride SW, dilation DW (0: runtime).
+template <int KH, int KW, int SW, int DW>
+struct Shape {};
 
 // Strides (elements) of an NCHW-indexed tensor.
 struct Strides4 {
@@ -139,9 +111,8 @@ CVOPS_ALWAYS_INLINE inline void gather_generic(V* __restrict dst, int64_t pitch,
       }
     return;
   }
-  // Lanes nc..kBlock-1 are zero: whole-vector stores first. (A per-lane zero loop after the
-  // copy was vectorised by GCC 12 with aligned 32-byte stores starting at lane nc, which
-  // faulted for nc = 3 once the inlining around it changed.)
+  // Lanes nc..kBlock-1 are zero: whole-vector stores first (GCC 12 turned a per-lane zero loop
+  // after the copy into aligned vector stores from lane nc, which fault).
   if (nc < kBlock)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) dst[r * pitch + c] = V{};
@@ -367,7 +338,8 @@ CVOPS_ALWAYS_INLINE inline void block_conv(V* __restrict out, const V* __restric
 
 // Tasks [begin, end) of (image, channel block), block-major within an image.
 template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>
-CVOPS_ALWAYS_INLINE inline void blocked_forward_body(const BlockedArgs<scalar_t>& a,
+CVOPS_ALWAYS_INLINE inline void blocked_forward_body(Shape<KH_, KW_, SW_, DW_>,
+                                                     const BlockedArgs<scalar_t>& a,
                                                      int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = typename BlockVec<acc_t>::type;
@@ -399,7 +371,8 @@ CVOPS_ALWAYS_INLINE inline void blocked_forward_body(const BlockedArgs<scalar_t>
 }
 
 template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>
-CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<scalar_t>& a,
+CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(Shape<KH_, KW_, SW_, DW_>,
+                                                            const BlockedArgs<scalar_t>& a,
                                                             int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = typename BlockVec<acc_t>::type;
@@ -408,7 +381,7 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
   const int64_t blocks = (p.channels + kBlock - 1) / kBlock;
   const int64_t H = p.height, W = p.width, OH = p.out_h, OW = p.out_w;
   VecBuffer<V> w(KK);
-  if (p.stride_h == 1 && p.stride_w == 1) {
+  if (p.unit_stride()) {
     // grad_input[ih][iw] = sum_k w'[kh][kw] * gbuf[ih + pad_h + kh * dh][iw + pad_w + kw * dw]
     // with w' the flipped kernel and gbuf the gradient at (mh, mw), zero elsewhere.
     const int64_t mh = (KH - 1) * p.dil_h, mw = (KW - 1) * p.dil_w;
@@ -438,8 +411,8 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(const BlockedArgs<sc
   // computed whole, interleaved back into a dense [H][W] block and written out.
   const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t hp = H + 2 * p.pad_h, wp = W + 2 * p.pad_w;
-  const int64_t PI = (hp + sh - 1) / sh, PJ = (wp + sw - 1) / sw;  // the largest phase
-  const int64_t mh = (KH - 1) * dh / sh, mw = (KW - 1) * dw / sw;
+  const int64_t PI = phase_length(hp, sh), PJ = phase_length(wp, sw);  // the largest phase
+  const int64_t mh = phase_index((KH - 1) * dh, sh), mw = phase_index((KW - 1) * dw, sw);
   const int64_t grows = std::max(PI, OH) + mh, gcols = std::max(PJ, OW) + mw;
   const int64_t phase_size = PI * PJ + kCols;
   VecBuffer<V> gbuf(grows * gcols + kCols);
@@ -524,7 +497,8 @@ CVOPS_ALWAYS_INLINE inline void dot_row(V* __restrict acc, const V* __restrict g
 }
 
 template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>
-CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<scalar_t>& a,
+CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(Shape<KH_, KW_, SW_, DW_>,
+                                                             const BlockedArgs<scalar_t>& a,
                                                              int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = typename BlockVec<acc_t>::type;
@@ -569,39 +543,6 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(const BlockedArgs<s
   }
 }
 
-// The baseline and AVX2+FMA instantiations of a body, and the dispatch: 3x3 undilated at
-// column stride 1 or 2 at compile time, everything else through the runtime loops.
-#define CVOPS_DW_BLOCKED_CLONES(NAME)                                                    \
-  template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>                       \
-  void NAME##_base(const BlockedArgs<scalar_t>& a, int64_t begin, int64_t end) {         \
-    NAME##_body<KH_, KW_, SW_, DW_, scalar_t>(a, begin, end);                            \
-  }                                                                                      \
-  template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>                       \
-  CVOPS_TARGET_AVX2 void NAME##_avx2(const BlockedArgs<scalar_t>& a, int64_t begin,      \
-                                     int64_t end) {                                      \
-    NAME##_body<KH_, KW_, SW_, DW_, scalar_t>(a, begin, end);                            \
-  }                                                                                      \
-  template <typename scalar_t>                                                           \
-  void NAME(const BlockedArgs<scalar_t>& a, int64_t begin, int64_t end) {                \
-    const DepthwiseParams& p = a.p;                                                      \
-    const bool k3 = p.kernel_h == 3 && p.kernel_w == 3 && p.dil_h == 1 && p.dil_w == 1;  \
-    const bool avx2 = cpu_has_avx2();                                                    \
-    if (k3 && p.stride_w == 1)                                                           \
-      (avx2 ? NAME##_avx2<3, 3, 1, 1, scalar_t> : NAME##_base<3, 3, 1, 1, scalar_t>)(    \
-          a, begin, end);                                                                \
-    else if (k3 && p.stride_w == 2)                                                      \
-      (avx2 ? NAME##_avx2<3, 3, 2, 1, scalar_t> : NAME##_base<3, 3, 2, 1, scalar_t>)(    \
-          a, begin, end);                                                                \
-    else                                                                                 \
-      (avx2 ? NAME##_avx2<0, 0, 0, 0, scalar_t> : NAME##_base<0, 0, 0, 0, scalar_t>)(    \
-          a, begin, end);                                                                \
-  }
-
-CVOPS_DW_BLOCKED_CLONES(blocked_forward)
-CVOPS_DW_BLOCKED_CLONES(blocked_backward_input)
-CVOPS_DW_BLOCKED_CLONES(blocked_backward_weight)
-#undef CVOPS_DW_BLOCKED_CLONES
-
 // res[c][t] = sum over n, in index order, of partial[n][c / kBlock][t][c % kBlock]: one vector
 // of kBlock channels at a time (the same order per channel, so the same bits).
 template <typename acc_t>
@@ -628,24 +569,34 @@ int64_t blocked_tasks(const DepthwiseParams& p) {
   return p.batch * ((p.channels + kBlock - 1) / kBlock);
 }
 
-template <typename scalar_t>
-void blocked_run(void (*fn)(const BlockedArgs<scalar_t>&, int64_t, int64_t),
-                 const BlockedArgs<scalar_t>& a) {
-  at::parallel_for(0, blocked_tasks(a.p), blocked_grain(a.p),
-                   [&](int64_t begin, int64_t end) { fn(a, begin, end); });
+// Runs body(shape, begin, end) over the (image, channel block) tasks in simd::dispatch_isa's
+// baseline or AVX2+FMA function (capped at AVX2: a block of 8 floats is one AVX2 vector). 3x3
+// undilated at column stride 1 or 2 gets compile-time loops, everything else the runtime ones.
+template <typename Body>
+void blocked_run(const DepthwiseParams& p, const Body& body) {
+  const bool k3 = p.square(3) && p.undilated();
+  at::parallel_for(0, blocked_tasks(p), blocked_grain(p), [&](int64_t begin, int64_t end) {
+    auto run = [&](auto shape) {
+      simd::dispatch_isa<simd::MaxIsa::kAvx2>(
+          [&](auto) CVOPS_ALWAYS_INLINE { body(shape, begin, end); });
+    };
+    if (k3 && p.stride_w == 1)
+      run(Shape<3, 3, 1, 1>());
+    else if (k3 && p.stride_w == 2)
+      run(Shape<3, 3, 2, 1>());
+    else
+      run(Shape<0, 0, 0, 0>());
+  });
 }
-
-#endif  // CVOPS_DW_VEC_LOOPS
 
 }  // namespace
 
-bool depthwise_use_blocked_path(const DepthwiseParams& p) { return use_blocked_path_impl(p); }
+bool blocked_applies(const DepthwiseCall& call, DepthwiseDirection direction) {
+  return direction != DepthwiseDirection::kBackward && call.p.multiplier == 1;
+}
 
-#if CVOPS_DW_VEC_LOOPS
-
-void depthwise_blocked_forward(const at::Tensor& input, const at::Tensor& weight,
-                               const at::Tensor& bias, at::Tensor& output,
-                               const DepthwiseParams& p) {
+void blocked_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                     at::Tensor& output, const DepthwiseParams& p) {
   at::Tensor w = weight.contiguous();
   at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -658,12 +609,14 @@ void depthwise_blocked_forward(const at::Tensor& input, const at::Tensor& weight
         a.bias = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
         a.dst = output.mutable_data_ptr<scalar_t>();
         a.ds = strides_of(output);
-        blocked_run<scalar_t>(&blocked_forward<scalar_t>, a);
+        blocked_run(p, [&](auto shape, int64_t begin, int64_t end) CVOPS_ALWAYS_INLINE {
+          blocked_forward_body(shape, a, begin, end);
+        });
       });
 }
 
-void depthwise_blocked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
-                                      at::Tensor& grad_input, const DepthwiseParams& p) {
+void blocked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
+                            at::Tensor& grad_input, const DepthwiseParams& p) {
   at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_depthwise_conv2d_backward_input_cpu",
@@ -675,16 +628,17 @@ void depthwise_blocked_backward_input(const at::Tensor& grad, const at::Tensor& 
         a.weight = w.const_data_ptr<scalar_t>();
         a.dst = grad_input.mutable_data_ptr<scalar_t>();
         a.ds = strides_of(grad_input);
-        blocked_run<scalar_t>(&blocked_backward_input<scalar_t>, a);
+        blocked_run(p, [&](auto shape, int64_t begin, int64_t end) CVOPS_ALWAYS_INLINE {
+          blocked_backward_input_body(shape, a, begin, end);
+        });
       });
 }
 
-void depthwise_blocked_backward_weight(const at::Tensor& grad, const at::Tensor& input,
-                                       at::Tensor& result, const DepthwiseParams& p) {
+void blocked_backward_weight(const at::Tensor& grad, const at::Tensor& input, at::Tensor& result,
+                             const DepthwiseParams& p) {
   const int64_t KK = p.kernel_h * p.kernel_w;
   // One partial per (image, channel block), summed over the images in index order.
-  at::Tensor partial =
-      at::empty({blocked_tasks(p) * (KK + 1) * kBlock}, result.options());
+  at::Tensor partial = at::empty({blocked_tasks(p) * (KK + 1) * kBlock}, result.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "cvops_depthwise_conv2d_backward_weight_cpu",
       [&] {
@@ -696,28 +650,13 @@ void depthwise_blocked_backward_weight(const at::Tensor& grad, const at::Tensor&
         a.grad = grad.const_data_ptr<scalar_t>();
         a.gs = strides_of(grad);
         a.partial = partial.mutable_data_ptr<acc_t>();
-        blocked_run<scalar_t>(&blocked_backward_weight<scalar_t>, a);
+        blocked_run(p, [&](auto shape, int64_t begin, int64_t end) CVOPS_ALWAYS_INLINE {
+          blocked_backward_weight_body(shape, a, begin, end);
+        });
         const int64_t blocks = (p.channels + kBlock - 1) / kBlock, T = KK + 1;
         blocked_reduce_partials(result.mutable_data_ptr<acc_t>(), a.partial, p.batch, blocks, T,
                                 p.channels);
       });
 }
-
-#else  // no vector extensions: depthwise_use_blocked_path() is false, these never run
-
-void depthwise_blocked_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               at::Tensor&, const DepthwiseParams&) {
-  TORCH_INTERNAL_ASSERT(false, "depthwise blocked path not built");
-}
-void depthwise_blocked_backward_input(const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                      const DepthwiseParams&) {
-  TORCH_INTERNAL_ASSERT(false, "depthwise blocked path not built");
-}
-void depthwise_blocked_backward_weight(const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                       const DepthwiseParams&) {
-  TORCH_INTERNAL_ASSERT(false, "depthwise blocked path not built");
-}
-
-#endif  // CVOPS_DW_VEC_LOOPS
 
 }  // namespace cvops

@@ -28,25 +28,15 @@
 // A task is one channel of every image. G images run together, sharing each tap's weight and
 // mask, with U slots each: G * U = 8 independent accumulators hide the FMA latency at any
 // batch size.
-//
-// Planes up to 14x14 at stride 1 (MobileNet's last layers) are handed to the channel-blocked
-// correlation (depthwise_conv2d_blocked512.cpp) 16 channels at a time, forward and input
-// gradient; this file runs the channels left over.
-#include "ops/cpu/depthwise_conv2d_masked.h"
-
 #include <ATen/Parallel.h>
 
+
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <optional>
 #include <vector>
 
 #include "common/avx512_utils.h"
 #include "common/cpu_utils.h"
-#include "ops/cpu/depthwise_conv2d_blocked512.h"
-#include "ops/cpu/depthwise_conv2d_rows512.h"
-#include "ops/cpu/depthwise_conv2d_stride2_512.h"
+#include "ops/cpu/depthwise_conv2d_cpu.h"
 
 #if defined(__x86_64__) && CVOPS_HAS_AVX2_TARGET
 #include <immintrin.h>
@@ -60,7 +50,6 @@ namespace {
 
 #if CVOPS_DW_MASKED
 
-constexpr int64_t kLanes = 16;
 constexpr int64_t kPrefetchBytes = 1024;  // software prefetch distance in the plane loops
 constexpr int kMaxGroup = 8;              // images per group
 
@@ -517,29 +506,15 @@ void dot_taps_chunk(int64_t count, float* res, const DotJob& job, int64_t c,
 
 }  // namespace
 
-bool depthwise_use_masked_path(const DepthwiseParams& p, const at::Tensor& t) {
-#if CVOPS_DW_MASKED
-  if (!cpu_has_avx512() || t.scalar_type() != at::kFloat || p.multiplier != 1 ||
-      p.stride_h > 2 || p.stride_w > 2)
-    return false;
-  if (depthwise_result_format(t) != at::MemoryFormat::Contiguous) return false;
-  // The mask table does its lane arithmetic in int32.
-  const int64_t limit = int64_t(1) << 30;
-  if (p.height * p.width >= limit || p.out_h * p.out_w >= limit) return false;
-  const char* env = std::getenv("CVOPS_DEPTHWISE_CPU_PATH");
-  return env == nullptr || (std::strcmp(env, "blocked") != 0 && std::strcmp(env, "plane") != 0);
-#else
-  (void)p;
-  (void)t;
-  return false;
-#endif
+bool masked_applies(const DepthwiseCall& call, DepthwiseDirection direction) {
+  return CVOPS_DW_MASKED && direction != DepthwiseDirection::kBackward &&
+         avx512_float_nchw(call) && call.p.stride_h <= 2 && call.p.stride_w <= 2;
 }
 
 #if CVOPS_DW_MASKED
 
 namespace {
-// Runs the job for the channels [first, C).
-void run_job(Job& job, const DepthwiseParams& p, int64_t first = 0) {
+void run_job(Job& job, const DepthwiseParams& p) {
   // Large outputs are written with non-temporal stores (output_streams: full, aligned
   // vectors; the rest as usual). Never into the scratch planes that are read back.
   const int64_t out_bytes = p.batch * p.channels * job.dst_plane * int64_t(sizeof(float));
@@ -547,141 +522,61 @@ void run_job(Job& job, const DepthwiseParams& p, int64_t first = 0) {
   for (SlotTable& tab : job.tables) tab.stream = stream;
   int64_t work = 0;
   for (const SlotTable& tab : job.tables) work += tab.slots * kLanes * tab.taps;
-  at::parallel_for(first, p.channels, parallel_grain(p.batch * work), [&](int64_t begin,
-                                                                       int64_t end) {
+  at::parallel_for(0, p.channels, parallel_grain(p.batch * work), [&](int64_t begin,
+                                                                   int64_t end) {
     run_channels(job, p.batch, p.channels, begin, end);
     if (stream) _mm_sfence();  // the streamed stores are visible before the op returns
   });
 }
-
-// The channels the small-plane correlations compute for a stride-1, undilated call: all of
-// them when the row correlation (depthwise_conv2d_rows512.cpp) applies, else blocks of 16
-// from channel 0 when the channel-blocked one (depthwise_conv2d_blocked512.cpp) does, else 0.
-// weight: [C][KH * KW], used as the taps or, with flip, mirrored in both directions (the input
-// gradient, whose padding is then the mirrored one).
-int64_t run_small_plane(const float* src, int64_t src_h, int64_t src_w, float* dst,
-                        int64_t dst_h, int64_t dst_w, const float* weight, bool flip,
-                        const float* bias, int64_t pad_h, int64_t pad_w,
-                        const DepthwiseParams& p) {
-  if (p.stride_h != 1 || p.stride_w != 1 || p.dil_h != 1 || p.dil_w != 1) return 0;
-  PlaneCorrelation job{src,    src_h,      src_w,      dst,   dst_h,   dst_w,   weight,
-                       bias,   p.kernel_h, p.kernel_w, pad_h, pad_w, p.batch, p.channels};
-  const bool rows = rows512_applies(job);
-  if (!rows && !blocked512_applies(job)) return 0;
-  std::vector<float> flipped;
-  if (flip) {
-    const int64_t KK = p.kernel_h * p.kernel_w;
-    flipped.resize(p.channels * KK);
-    for (int64_t c = 0; c < p.channels; ++c)
-      for (int64_t t = 0; t < KK; ++t) flipped[c * KK + t] = weight[c * KK + KK - 1 - t];
-    job.taps = flipped.data();
-  }
-  if (!rows) return blocked512_correlate(job);
-  rows512_correlate(job);
-  return p.channels;
-}
-// The call's planes when the stride-2 row kernels (depthwise_conv2d_stride2_512.cpp) take it:
-// 3x3, stride 2, undilated, and what stride2_512_applies accepts. input: the forward's input
-// (nullptr for the input gradient, which does not read it).
-std::optional<Stride2Planes> stride2_planes(const DepthwiseParams& p, const float* input) {
-  if (p.stride_h != 2 || p.stride_w != 2 || p.dil_h != 1 || p.dil_w != 1 || p.kernel_h != 3 ||
-      p.kernel_w != 3)
-    return std::nullopt;
-  const Stride2Planes planes{input,   p.height, p.width, p.out_h,   p.out_w,
-                             p.pad_h, p.pad_w,  p.batch, p.channels};
-  if (!stride2_512_applies(planes)) return std::nullopt;
-  return planes;
-}
 }  // namespace
 
-void depthwise_masked_forward(const at::Tensor& input, const at::Tensor& weight,
-                              const at::Tensor& bias, at::Tensor& output,
-                              const DepthwiseParams& p) {
-  const at::Tensor x = input.contiguous(), w = weight.contiguous();
-  const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
-  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  float* out = output.mutable_data_ptr<float>();
-  if (const auto planes = stride2_planes(p, x.const_data_ptr<float>())) {
-    stride2_512_forward(*planes, w.const_data_ptr<float>(), bp, out);
-    return;
-  }
-  const int64_t done =
-      run_small_plane(x.const_data_ptr<float>(), p.height, p.width, out, p.out_h, p.out_w,
-                     w.const_data_ptr<float>(), false, bp, p.pad_h, p.pad_w, p);
-  if (done == p.channels) return;
+void masked_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                    at::Tensor& output, const DepthwiseParams& p) {
   const Phases ph = input_phases(p);
-  Job job{x.const_data_ptr<float>(),
+  Job job{input.const_data_ptr<float>(),
           p.height * p.width,
-          out,
+          output.mutable_data_ptr<float>(),
           p.out_h * p.out_w,
           ph,
           ph.split(),
           false,
           {build_slot_table(forward_correlation(p, ph))},
-          w.const_data_ptr<float>(),
-          bp,
+          weight.const_data_ptr<float>(),
+          bias.defined() ? bias.const_data_ptr<float>() : nullptr,
           p.kernel_h * p.kernel_w};
-  run_job(job, p, done);
+  run_job(job, p);
 }
 
-void depthwise_masked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
-                                     at::Tensor& grad_input, const DepthwiseParams& p) {
-  const at::Tensor g = grad.contiguous(), w = weight.contiguous();
-  float* gi = grad_input.mutable_data_ptr<float>();
-  if (const auto planes = stride2_planes(p, nullptr)) {
-    stride2_512_input_grad(*planes, g.const_data_ptr<float>(), w.const_data_ptr<float>(), gi);
-    return;
-  }
-  // Stride 1: the small-plane correlations of the gradient with the flipped kernel.
-  const int64_t done = run_small_plane(g.const_data_ptr<float>(), p.out_h, p.out_w, gi, p.height,
-                                      p.width, w.const_data_ptr<float>(), true, nullptr,
-                                      (p.kernel_h - 1) * p.dil_h - p.pad_h,
-                                      (p.kernel_w - 1) * p.dil_w - p.pad_w, p);
-  if (done == p.channels) return;
+void masked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
+                           at::Tensor& grad_input, const DepthwiseParams& p) {
   const Phases ph = input_phases(p);
-  Job job{g.const_data_ptr<float>(),
+  Job job{grad.const_data_ptr<float>(),
           p.out_h * p.out_w,
-          gi,
+          grad_input.mutable_data_ptr<float>(),
           p.height * p.width,
           ph,
           false,
           ph.split(),
           {},
-          w.const_data_ptr<float>(),
+          weight.const_data_ptr<float>(),
           nullptr,
           p.kernel_h * p.kernel_w};
   for (int64_t a = 0; a < ph.sh; ++a)
     for (int64_t b = 0; b < ph.sw; ++b)
       job.tables.push_back(build_slot_table(backward_input_correlation(p, ph, a, b)));
-  run_job(job, p, done);
+  run_job(job, p);
 }
 
-void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& input,
-                                      at::Tensor& result, const DepthwiseParams& p) {
-  const at::Tensor g = grad.contiguous(), x = input.contiguous();
+void masked_backward_weight(const at::Tensor& grad, const at::Tensor& input, at::Tensor& result,
+                            const DepthwiseParams& p) {
   float* res = result.mutable_data_ptr<float>();  // [C][T + 1]; tap order is weight order
-  if (p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 && p.dil_w == 1 &&
-      p.kernel_h == p.kernel_w) {
-    const PlaneWeightGrad job{g.const_data_ptr<float>(), p.out_h, p.out_w,
-                              x.const_data_ptr<float>(), p.height, p.width,
-                              p.kernel_h, p.pad_h, p.pad_w,
-                              p.batch, p.channels, res};
-    if (rows512_weight_grad_applies(job)) {
-      rows512_weight_grad(job);
-      return;
-    }
-  }
-  if (const auto planes = stride2_planes(p, x.const_data_ptr<float>())) {
-    stride2_512_weight_grad(*planes, g.const_data_ptr<float>(), res);
-    return;
-  }
   const Phases ph = input_phases(p);
   const SlotTable tab = build_slot_table(forward_correlation(p, ph));
   const int64_t T = tab.taps;
   // Taps per pass: as even as possible, at most kMaxTapsPerPass.
   const int64_t passes = (T + kMaxTapsPerPass - 1) / kMaxTapsPerPass;
   const int64_t per_pass = (T + passes - 1) / passes;
-  const DotJob job{g.const_data_ptr<float>(), p.out_h * p.out_w, x.const_data_ptr<float>(),
+  const DotJob job{grad.const_data_ptr<float>(), p.out_h * p.out_w, input.const_data_ptr<float>(),
                    p.height * p.width,        ph,                p.batch,
                    p.channels};
   at::parallel_for(0, p.channels, parallel_grain(p.batch * tab.slots * kLanes * T),
@@ -698,20 +593,14 @@ void depthwise_masked_backward_weight(const at::Tensor& grad, const at::Tensor& 
                    });
 }
 
-#else  // no AVX-512 target: depthwise_use_masked_path() is false, these never run
+#else  // no AVX-512 target: masked_applies() is false, these never run
 
-void depthwise_masked_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              at::Tensor&, const DepthwiseParams&) {
-  TORCH_INTERNAL_ASSERT(false, "depthwise masked path not built");
-}
-void depthwise_masked_backward_input(const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                     const DepthwiseParams&) {
-  TORCH_INTERNAL_ASSERT(false, "depthwise masked path not built");
-}
-void depthwise_masked_backward_weight(const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                      const DepthwiseParams&) {
-  TORCH_INTERNAL_ASSERT(false, "depthwise masked path not built");
-}
+void masked_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,
+                    const DepthwiseParams&) {}
+void masked_backward_input(const at::Tensor&, const at::Tensor&, at::Tensor&,
+                           const DepthwiseParams&) {}
+void masked_backward_weight(const at::Tensor&, const at::Tensor&, at::Tensor&,
+                            const DepthwiseParams&) {}
 
 #endif  // CVOPS_DW_MASKED
 
