@@ -1,6 +1,9 @@
 """What each issue-17 step gives a detector's CPU inference, in one process, interleaved:
-torchvision, cvops with the BatchNorm folding switched off (cvops' ops only), cvops as shipped
-(folded), cvops + channels-last. Same weights and image as the benchmark's detector case.
+torchvision; cvops on the plain ops (``_fused_layers.ONEDNN = False``) with the BatchNorm
+folding switched off (cvops' RoI Align, NMS and box code only), then folded, then folded +
+channels-last; and cvops as shipped (the oneDNN path of models/_fused_layers.py: folded, packed
+weights, fused add and ReLU, channels-last). Same weights and image as the benchmark's
+detector case.
 
     python benchmarks/microbench/detector_steps.py maskrcnn_resnet50_fpn 7
 
@@ -16,6 +19,7 @@ import time
 import torch
 
 import cvops.models._conv_bn as conv_bn
+import cvops.models._fused_layers as fused_conv
 from cvops.bench.cases.detection import _models
 
 
@@ -28,19 +32,22 @@ def main(name: str, rounds: int) -> None:
     images = [torch.rand(3, 512, 512)]
     can_fold = conv_bn.can_fold
 
-    def run(model, fold=True):
+    def run(model, fold=True, onednn=False):
         conv_bn.can_fold = can_fold if fold else (lambda conv, bn: False)
+        fused_conv.ONEDNN = onednn
         try:
             with torch.inference_mode():
                 return model(images)
         finally:
             conv_bn.can_fold = can_fold
+            fused_conv.ONEDNN = True
 
     variants = {
         "torchvision": lambda: run(ref),
         "cvops, BN unfolded": lambda: run(ours, fold=False),
         "cvops, BN folded": lambda: run(ours),
         "cvops, folded + channels-last": lambda: run(channels_last),
+        "cvops as shipped (oneDNN path)": lambda: run(ours, onednn=True),
     }
     for f in variants.values():  # warm-up
         f()
@@ -53,7 +60,7 @@ def main(name: str, rounds: int) -> None:
     base = statistics.median(times["torchvision"])
     for k, v in times.items():
         med = statistics.median(v)
-        print("%-30s median %.3f s  min %.3f s  %.2fx" % (k, med, min(v), base / med))
+        print("%-32s median %.3f s  min %.3f s  %.2fx" % (k, med, min(v), base / med))
 
 
 if __name__ == "__main__":

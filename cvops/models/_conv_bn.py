@@ -93,14 +93,3 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
     if can_fold(conv, bn):
         return conv_forward(conv, x, *fold_bn(conv, bn))
     return bn(conv(x))
-
-
-class ConvBN(nn.Sequential):
-    """``Sequential(conv, norm)`` (keys ``0.*``, ``1.*``, as ResNet's ``downsample``) whose
-    forward folds the norm into the conv where :func:`can_fold` allows."""
-
-    def __init__(self, conv: nn.Module, norm: nn.Module):
-        super().__init__(conv, norm)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return conv_bn(self[0], self[1], x)

@@ -110,11 +110,14 @@ def _multiscale_roi_align(
 
     levels = map_levels(rois[:, 1:], k_min, k_max, float(canonical_scale), canonical_level)
     num_rois, channels = rois.size(0), features[0].size(1)
-    result = features[0].new_zeros((num_rois, channels, output_size[0], output_size[1]))
+    # map_levels gives every box one level in [0, len(features)) (non-finite boxes too: the
+    # clamp), so every row is written below and none needs a zero fill first (50 MB for
+    # Faster R-CNN's 1000 boxes)
+    result = features[0].new_empty((num_rois, channels, output_size[0], output_size[1]))
     for level, feature in enumerate(features):
         idx = torch.where(levels == level)[0]
         pooled = roi_align(feature, rois[idx], output_size, scales[level], sampling_ratio, aligned)
-        result = result.index_put((idx,), pooled.to(result.dtype))
+        result.index_put_((idx,), pooled.to(result.dtype))
     return result
 
 

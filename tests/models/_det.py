@@ -8,7 +8,7 @@ import torch
 import torchvision.models.detection as tvdet
 
 import cvops.models as cm
-from cvops.bench.cases.detection import float32_errors
+from cvops.bench.cases.detection import CUT_MARGIN, float32_errors
 
 from ._equiv import build_on_meta, randomize_constants_, transplant
 
@@ -58,24 +58,34 @@ def mask_iou(a, b):
 
 
 @torch.no_grad()
-def rounding_tolerances(ref, imgs, expected, factor=4.0):
-    """(box, score) bounds for ours vs torchvision: our detector folds BatchNorm into the
-    convs, so it rounds differently from torchvision, and on these random-weight models
-    torchvision's own float32 box error (against its float64 run on ``imgs``, each detection
-    paired with the nearest float64 box of its label) is ~0.001-0.002 px, near or above
-    BOX_ATOL, which only an op-for-op copy meets. Ours measured up to ~3x that error (the max
-    over ~20-100 detections of another rounding sequence), and |ours - torchvision| adds both
-    errors: so max(BOX_ATOL or SCORE_ATOL, ``factor`` x torchvision's error). A wrong weight,
-    eps or layer order misses it by orders of magnitude."""
+def rounding_tolerances(ref, imgs, expected, actual, factor=6.0):
+    """(box, score) bounds for ours vs torchvision, from both sides' float32 error against
+    torchvision's float64 run on ``imgs`` (each detection paired with the nearest float64 box
+    of its label): ours folds BatchNorm into the convs and, at CPU inference, runs oneDNN's
+    channels-last convolutions with the add and ReLU fused (models/_fused_layers.py), so it
+    rounds differently from torchvision, and on these random-weight models torchvision's own
+    float32 box error is ~0.001-0.01 px, near or above BOX_ATOL, which only an op-for-op copy
+    meets. Our error must stay within ``factor`` x torchvision's (the channels-last
+    convolutions' rms error per feature map measured 2.3x NCHW's, the largest detection error
+    up to 4x torchvision's), and a pair of detections may then differ by the sum of the two
+    errors. A wrong weight, eps or layer order misses by orders of magnitude."""
     exact = copy.deepcopy(ref).double().eval()([img.double() for img in imgs])
-    box_err, score_err = float32_errors(expected, exact)
-    return max(BOX_ATOL, factor * box_err), max(SCORE_ATOL, factor * score_err)
+    tv_box, tv_score = float32_errors(expected, exact)
+    our_box, our_score = float32_errors(actual, exact)
+    assert our_box <= max(BOX_ATOL, factor * tv_box), (our_box, tv_box)
+    assert our_score <= max(SCORE_ATOL, factor * tv_score), (our_score, tv_score)
+    return max(BOX_ATOL, tv_box + our_box), max(SCORE_ATOL, tv_score + our_score)
 
 
-def compare_detections(expected, actual, min_detections=10, atol=(BOX_ATOL, SCORE_ATOL)):
+def compare_detections(
+    expected, actual, min_detections=10, atol=(BOX_ATOL, SCORE_ATOL), max_unpaired=0
+):
     """Pair every reference detection with one of ours with the same label, box and score
     within ``atol`` (box, score); returns the max box and score differences (and the
-    min mask IoU when there are masks)."""
+    min mask IoU when there are masks). A reference detection at its list's cut (within
+    CUT_MARGIN of its lowest score) may go unpaired, and so may ``max_unpaired`` others per
+    image (a proposal at the RPN's top-k or NMS cut can flip with rounding too, and take a
+    detection with it)."""
     max_box = max_score = 0.0
     min_iou = 1.0
     for e, a in zip(expected, actual, strict=True):
@@ -88,8 +98,14 @@ def compare_detections(expected, actual, min_detections=10, atol=(BOX_ATOL, SCOR
         ok = (e["labels"][:, None] == a["labels"][None, :]) & (box_d <= atol[0])
         ok &= score_d <= atol[1]
         used = torch.zeros(n, dtype=torch.bool)
+        unpaired = 0
         for i in range(n):
             cand = torch.where(ok[i] & ~used)[0]
+            if len(cand) == 0 and e["scores"][i] <= e["scores"].min() + CUT_MARGIN:
+                continue
+            if len(cand) == 0 and unpaired < max_unpaired:
+                unpaired += 1
+                continue
             assert len(cand) > 0, "reference detection %d has no match" % i
             j = int(cand[0])
             used[j] = True

@@ -147,3 +147,25 @@ def test_empty_boxes_and_bad_arguments():
     with pytest.raises(ValueError, match="list of Tensor"):
         pooler(feats, torch.zeros(2, 5), image_shapes)
     assert "featmap_names=['0', '1', '2', '3']" in repr(pooler)
+
+
+
+def test_every_box_is_pooled_even_with_non_finite_coordinates():
+    # the result is not zero-filled up front: every row, a non-finite box's included, must be
+    # written by the RoI Align of its level
+    image_shapes = [(480, 640)]
+    feats = _fpn(image_shapes)
+    boxes = _boxes(image_shapes, per_image=6)
+    boxes[0][2, 1] = float("nan")
+    boxes[0][4, 3] = float("inf")
+    levels = map_levels(boxes[0], 2, 5, 224.0, 4)
+    assert ((levels >= 0) & (levels < 4)).all()
+    out = MultiScaleRoIAlign(NAMES, 7, 2)(feats, boxes, image_shapes)
+    finite = [0, 1, 3, 5]
+    expected = torchvision.ops.MultiScaleRoIAlign(NAMES, 7, 2)(feats, boxes, image_shapes)
+    torch.testing.assert_close(out[finite], expected[finite])
+    for i in (2, 4):  # each written by the RoI Align of its level
+        level = int(levels[i])
+        rois = torch.cat([torch.zeros(1, 1), boxes[0][i : i + 1]], 1)
+        alone = cvops.roi_align(feats[NAMES[level]], rois, 7, 1.0 / 2 ** (level + 2), 2, False)
+        torch.testing.assert_close(out[i], alone[0], equal_nan=True)

@@ -4,17 +4,20 @@ step, cvops against torchvision's model carrying the same weights.
 Both sides are built as torchvision's COCO checkpoints are (FrozenBatchNorm2d backbone, 91
 classes) with ``min_size = max_size = 512`` (no resize of the 512x512 input) and
 ``box_score_thresh = 0``, so that random weights still give the full 100 detections per image
-and the mask head runs on them, as with a trained model. cvops runs as shipped: each
-FrozenBatchNorm2d folded into its conv (models/_conv_bn.py), cvops' RoI Align, NMS and box
-code; the "channels-last" rows add ``model.to(memory_format=torch.channels_last)`` on the cvops
-side only (the user's one-line opt-in; torchvision stays as users run it).
+and the mask head runs on them, as with a trained model. cvops runs as shipped: at CPU
+inference every conv-BN(-add)(-ReLU) and the box head's linears are single oneDNN primitives
+with packed weights, BN folded, the add and ReLU fused, channels-last activations
+(models/_fused_layers.py), plus cvops' RoI Align, NMS and box code; the "channels-last" rows
+add ``model.to(memory_format=torch.channels_last)`` on the cvops side (the opt-in of before
+the oneDNN path; now it only changes the stem's input copy).
 
 Before timing, ``make`` checks that the two give the same detections (the ratio compares the
 same computation), against float32 rounding measured, not assumed: both sides' detections are
-compared with torchvision's model run in float64 on the same image, and cvops' must pair with
-torchvision's within max(1e-3 px, 4 x torchvision's own float32 error) for boxes (likewise
-1e-4 for scores). Folding and channels-last change the rounding of every conv, which these
-random weights amplify (torchvision's own box error is ~0.0015 px at 512; see BENCHMARKS.md).
+compared with torchvision's model run in float64 on the same image; cvops' own error must be
+within 6x torchvision's, and cvops' detections must pair with torchvision's within the sum of
+the two errors (at least 1e-3 px for boxes, 1e-4 for scores). Folding, channels-last and the
+fused post-ops change the rounding of every conv, which these random weights amplify
+(torchvision's own box error is ~0.0015 px at 512; see BENCHMARKS.md).
 """
 
 import torch
@@ -48,16 +51,27 @@ def _models(name: str, device: str):
     return ours.to(device), ref.to(device)
 
 
+# A detection this close (in score) to the lowest score of the float64 run's list sits at the
+# list's cut (the detections-per-image top-k or the score threshold): float32 rounding on
+# either side may keep another box in its place, which has no float64 counterpart.
+CUT_MARGIN = 2e-3
+
+
 def float32_errors(dets, exact):
     """(box, score) distance of float32 detections from the float64 run's, each detection
-    paired with the nearest float64 box of its label (also the detector tests' bound)."""
+    paired with the nearest float64 box of its label, those at the list's cut (CUT_MARGIN)
+    left out (also the detector tests' bound)."""
     box = score = 0.0
     for d, x in zip(dets, exact):
-        dist = (d["boxes"].double()[:, None, :] - x["boxes"][None, :, :]).abs().amax(-1)
-        dist = torch.where(d["labels"][:, None] == x["labels"][None, :], dist, float("inf"))
+        keep = d["scores"].double() > x["scores"].min() + CUT_MARGIN
+        boxes, labels, scores = d["boxes"][keep], d["labels"][keep], d["scores"][keep]
+        if len(scores) == 0:
+            continue
+        dist = (boxes.double()[:, None, :] - x["boxes"][None, :, :]).abs().amax(-1)
+        dist = torch.where(labels[:, None] == x["labels"][None, :], dist, float("inf"))
         nearest = dist.min(1)
         box = max(box, nearest.values.max().item())
-        score = max(score, (d["scores"].double() - x["scores"][nearest.indices]).abs().max().item())
+        score = max(score, (scores.double() - x["scores"][nearest.indices]).abs().max().item())
     return box, score
 
 
@@ -93,11 +107,17 @@ def _check_same_detections(name, ours, ref, images):
         expected, actual = ref(images), ours(images)
         exact = copy.deepcopy(ref).double()([img.double() for img in images])
     box_err, score_err = float32_errors(expected, exact)
-    box_atol, score_atol = max(1e-3, 4 * box_err), max(1e-4, 4 * score_err)
+    our_box, our_score = float32_errors(actual, exact)
+    if our_box > max(1e-3, 6 * box_err) or our_score > max(1e-4, 6 * score_err):
+        raise RuntimeError(
+            "%s: cvops' float32 error (%.4f px / %.1e score) is over 6x torchvision's "
+            "(%.4f px / %.1e)" % (name, our_box, our_score, box_err, score_err)
+        )
+    box_atol, score_atol = max(1e-3, box_err + our_box), max(1e-4, score_err + our_score)
     if not _same_detections(actual, expected, box_atol, score_atol):
         raise RuntimeError(
-            "%s: cvops and torchvision detect differently (beyond %.4f px / %.1e score, 4x "
-            "torchvision's own float32 error)" % (name, box_atol, score_atol)
+            "%s: cvops and torchvision detect differently (beyond %.4f px / %.1e score, the "
+            "sum of the two sides' float32 errors)" % (name, box_atol, score_atol)
         )
 
 

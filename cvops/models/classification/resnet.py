@@ -2,8 +2,9 @@
 Bottleneck's 3x3: "v1.5"); parameter names equal ``torchvision.models.resnet*``'s (and
 timm's ``resnet*``).
 
-Each conv-BN pair runs as one folded conv where exact (eval-mode BatchNorm2d, FrozenBatchNorm2d:
-models/_conv_bn.py); the state_dict is unchanged.
+Each conv-BN(-add)(-ReLU) runs through models/_fused_layers.py: one folded conv where exact
+(eval-mode BatchNorm2d, FrozenBatchNorm2d), and at CPU inference one oneDNN convolution with
+a cached packed weight and the add and ReLU fused; the state_dict is unchanged.
 
 ``replace_stride_with_dilation=[False, True, True]`` gives the output-stride-8 backbone that
 FCN and DeepLab use; ``zero_init_residual=True`` starts each residual branch at zero.
@@ -15,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .._conv_bn import ConvBN, conv_bn
+from .._fused_layers import ConvBN, conv_block
 from .._registry import register_model
 from ._base import ClassifierMixin, check_num_classes, linear_or_identity
 
@@ -74,9 +75,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(conv_bn(self.conv1, self.bn1, x))
-        out = conv_bn(self.conv2, self.bn2, out)
-        return self.relu(out + identity)
+        out = conv_block(self.conv1, x, self.bn1, relu=True)
+        return conv_block(self.conv2, out, self.bn2, relu=True, residual=identity)
 
 
 class Bottleneck(nn.Module):
@@ -110,10 +110,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(conv_bn(self.conv1, self.bn1, x))
-        out = self.relu(conv_bn(self.conv2, self.bn2, out))
-        out = conv_bn(self.conv3, self.bn3, out)
-        return self.relu(out + identity)
+        out = conv_block(self.conv1, x, self.bn1, relu=True)
+        out = conv_block(self.conv2, out, self.bn2, relu=True)
+        return conv_block(self.conv3, out, self.bn3, relu=True, residual=identity)
 
 
 Block = Type[Union[BasicBlock, Bottleneck]]
@@ -213,7 +212,7 @@ class ResNet(ClassifierMixin, nn.Module):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
+        x = self.maxpool(conv_block(self.conv1, x, self.bn1, relu=True))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import roi_align
+from .._fused_layers import ConvReLU
 
 
-def conv3x3_relu(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
+def conv3x3_relu(c_in: int, c_out: int, dilation: int = 1) -> ConvReLU:
     """3x3 conv (bias) + ReLU as torchvision's ``Conv2dNormActivation(norm_layer=None)``:
     a Sequential whose conv is child ``0``."""
-    conv = nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation)
-    return nn.Sequential(conv, nn.ReLU(inplace=True))
+    return ConvReLU(nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation))
 
 
 class MaskRCNNHeads(nn.Sequential):

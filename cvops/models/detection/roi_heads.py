@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from .._fused_layers import linear_block
 from .box_coder import BoxCoder
 from .mask_head import maskrcnn_inference, maskrcnn_loss
 from .matcher import BalancedPositiveNegativeSampler, Matcher
@@ -31,7 +32,8 @@ class TwoMLPHead(nn.Module):
         self.fc7 = nn.Linear(representation_size, representation_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(start_dim=1)))))
+        x = linear_block(self.fc6, x.flatten(start_dim=1), relu=True)
+        return linear_block(self.fc7, x, relu=True)
 
 
 class FastRCNNPredictor(nn.Module):
@@ -47,7 +49,7 @@ class FastRCNNPredictor(nn.Module):
         if x.dim() == 4 and tuple(x.shape[2:]) != (1, 1):
             raise ValueError("expected [N, C] or [N, C, 1, 1] features, got %s" % (tuple(x.shape),))
         x = x.flatten(start_dim=1)
-        return self.cls_score(x), self.bbox_pred(x)
+        return linear_block(self.cls_score, x), linear_block(self.bbox_pred, x)
 
 
 def fastrcnn_loss(

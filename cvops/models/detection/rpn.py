@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from .._fused_layers import conv_block
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .image_list import ImageList
@@ -44,8 +45,8 @@ class RPNHead(nn.Module):
         logits, deltas = [], []
         for feature in x:
             t = self.conv(feature)
-            logits.append(self.cls_logits(t))
-            deltas.append(self.bbox_pred(t))
+            logits.append(conv_block(self.cls_logits, t))
+            deltas.append(conv_block(self.bbox_pred, t))
         return logits, deltas
 
 

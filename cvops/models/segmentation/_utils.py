@@ -2,12 +2,14 @@
 torchvision-style output dict, an ``IntermediateLayerGetter`` and the FCN head."""
 
 from collections import OrderedDict
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._conv_bn import FrozenBatchNorm2d
+from .._fused_layers import conv_block
 from ..classification._base import check_num_classes
 
 
@@ -79,11 +81,34 @@ class IntermediateLayerGetter(nn.ModuleDict):
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         out = OrderedDict()
-        for name, module in self.items():
-            x = module(x)
+        items = list(self.items())
+        i = 0
+        while i < len(items):
+            name, module = items[i]
+            if self._conv_bn_relu_at(items, i):
+                # a ResNet stem: one convolution with the BN folded and the ReLU fused
+                x = conv_block(module, x, items[i + 1][1], relu=True)
+                i += 2
+                name = items[i][0]
+            else:
+                x = module(x)
             if name in self.return_layers:
                 out[self.return_layers[name]] = x
+            i += 1
         return out
+
+    def _conv_bn_relu_at(self, items: List[Tuple[str, nn.Module]], i: int) -> bool:
+        """Whether children i, i + 1, i + 2 are a conv, a BatchNorm and a ReLU whose
+        intermediate outputs nobody asked for."""
+        if i + 2 >= len(items) or type(items[i][1]) is not nn.Conv2d:
+            return False
+        bn, relu = items[i + 1][1], items[i + 2][1]
+        return (
+            isinstance(bn, (nn.BatchNorm2d, FrozenBatchNorm2d))
+            and isinstance(relu, nn.ReLU)
+            and items[i][0] not in self.return_layers
+            and items[i + 1][0] not in self.return_layers
+        )
 
 
 class FCNHead(nn.Sequential):

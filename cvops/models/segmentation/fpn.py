@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._conv_bn import FrozenBatchNorm2d
+from .._fused_layers import conv_block
 from ..classification import resnet as _resnet
 from ._utils import IntermediateLayerGetter, check_int, check_weights
 
@@ -69,6 +70,11 @@ def _conv_norm(c_in: int, c_out: int, k: int, norm_layer) -> nn.Sequential:
     if norm_layer is not None:
         layers.append(norm_layer(c_out))
     return nn.Sequential(*layers)
+
+
+def _conv_norm_block(block: nn.Module, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    """A :func:`_conv_norm` block's ``norm(conv(x)) + residual``."""
+    return conv_block(block[0], x, block[1] if len(block) > 1 else None, residual=residual)
 
 
 class FeaturePyramidNetwork(nn.Module):
@@ -129,13 +135,14 @@ class FeaturePyramidNetwork(nn.Module):
                 "FeaturePyramidNetwork was built for %d levels, got %d"
                 % (len(self.inner_blocks), len(feats))
             )
-        last_inner = self.inner_blocks[-1](feats[-1])
-        results = [self.layer_blocks[-1](last_inner)]
+        last_inner = _conv_norm_block(self.inner_blocks[-1], feats[-1])
+        results = [_conv_norm_block(self.layer_blocks[-1], last_inner)]
         for idx in range(len(feats) - 2, -1, -1):
-            lateral = self.inner_blocks[idx](feats[idx])
-            top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
-            last_inner = lateral + top_down
-            results.insert(0, self.layer_blocks[idx](last_inner))
+            size = feats[idx].shape[-2:]
+            top_down = F.interpolate(last_inner, size=size, mode="nearest")
+            # the lateral 1x1 conv plus the upsampled coarser level (the add fused into it)
+            last_inner = _conv_norm_block(self.inner_blocks[idx], feats[idx], top_down)
+            results.insert(0, _conv_norm_block(self.layer_blocks[idx], last_inner))
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, feats, names)
         return OrderedDict(zip(names, results))
