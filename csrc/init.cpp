@@ -23,6 +23,4 @@ std::string build_info() {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(cvops, m) {
-  m.def("_build_info() -> str", &build_info);
-}
+TORCH_LIBRARY_FRAGMENT(cvops, m) { m.def("_build_info() -> str", &build_info); }

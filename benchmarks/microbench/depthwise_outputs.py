@@ -87,6 +87,8 @@ def main(mode: str, path: str) -> int:
         torch.save(results, path)
         return 0
     saved = torch.load(path)
+    if isinstance(saved, dict):  # files written before the script was committed
+        saved = [saved[i] for i in range(len(saved))]
     differ = 0
     for case, got, want in zip(case_list, results, saved, strict=True):
         for name, a, r in zip(OUTPUTS, got, want, strict=True):

@@ -10,8 +10,7 @@ namespace cvops {
 
 // input [N, C, H, W] and rois [K, 5] = (batch_index, x1, y1, x2, y2).
 inline void check_roi_op_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
-                              double spatial_scale, int64_t pooled_height,
-                              int64_t pooled_width) {
+                              double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
   TORCH_CHECK_VALUE(input.dim() == 4, op, ": expected input of shape [N, C, H, W], got a ",
                     input.dim(), "-D tensor of shape ", input.sizes());
   TORCH_CHECK_VALUE(rois.dim() == 2 && rois.size(1) == 5, op,
@@ -20,8 +19,8 @@ inline void check_roi_op_args(const char* op, const at::Tensor& input, const at:
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op,
                    ": expected a floating-point input, got ", input.scalar_type());
   TORCH_CHECK_TYPE(input.scalar_type() == rois.scalar_type(), op,
-                   ": input and boxes must have the same dtype, got input ",
-                   input.scalar_type(), " and boxes ", rois.scalar_type());
+                   ": input and boxes must have the same dtype, got input ", input.scalar_type(),
+                   " and boxes ", rois.scalar_type());
   TORCH_CHECK(input.device() == rois.device(), op,
               ": input and boxes must be on the same device, got input on ", input.device(),
               " and boxes on ", rois.device());
@@ -36,11 +35,11 @@ inline void check_roi_op_args(const char* op, const at::Tensor& input, const at:
 // outside the input. Costs a few tiny reductions over K values (one host sync on CUDA); the
 // CUDA ops skip it while a CUDA graph is being captured, and their kernels then write NaN for
 // such RoIs instead of reading out of bounds.
-inline void check_roi_batch_indices(const char* op, const at::Tensor& rois,
-                                    int64_t batch_size) {
+inline void check_roi_batch_indices(const char* op, const at::Tensor& rois, int64_t batch_size) {
   if (rois.size(0) == 0) return;
   at::Tensor index = rois.select(1, 0);
-  at::Tensor bad = (index < 0).logical_or_(index >= static_cast<double>(batch_size))
+  at::Tensor bad = (index < 0)
+                       .logical_or_(index >= static_cast<double>(batch_size))
                        .logical_or_(index != index.trunc());  // also catches NaN
   if (!bad.any().item<bool>()) return;
   const int64_t k = bad.nonzero().select(1, 0)[0].item<int64_t>();

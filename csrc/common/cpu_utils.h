@@ -9,8 +9,7 @@
 #define CVOPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
 // AVX-512 (F/DQ/BW/VL) clone for the elementwise kernels that gain from 16 lanes and 32
 // registers; call it only when cpu_has_avx512() says so.
-#define CVOPS_TARGET_AVX512 \
-  __attribute__((target("avx2,fma,avx512f,avx512dq,avx512bw,avx512vl")))
+#define CVOPS_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f,avx512dq,avx512bw,avx512vl")))
 #else
 #define CVOPS_HAS_AVX2_TARGET 0
 #define CVOPS_TARGET_AVX2

@@ -8,9 +8,9 @@
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 
 // Grid-stride loop; 64-bit so tensors past 2^31 elements are indexed correctly.
-#define CVOPS_CUDA_KERNEL_LOOP(i, n)                                            \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; \
-       i < (n); i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+#define CVOPS_CUDA_KERNEL_LOOP(i, n)                                                     \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 // Same with an explicit index type (int32_t when the loop is known to fit, see below).
 #define CVOPS_CUDA_KERNEL_LOOP_T(index_t, i, n)                                          \
@@ -19,15 +19,15 @@
 
 // Runs the lambda with `index_t` = int32_t when `n` (plus one grid stride) fits in 32 bits,
 // else int64_t. Element offsets computed inside kernels stay 64-bit either way.
-#define CVOPS_DISPATCH_INDEX_TYPE(n, ...)                                   \
-  [&] {                                                                    \
-    if ((n) < (int64_t(1) << 30)) {                                        \
-      using index_t = int32_t;                                             \
-      return __VA_ARGS__();                                                \
-    } else {                                                               \
-      using index_t = int64_t;                                             \
-      return __VA_ARGS__();                                                \
-    }                                                                      \
+#define CVOPS_DISPATCH_INDEX_TYPE(n, ...) \
+  [&] {                                   \
+    if ((n) < (int64_t(1) << 30)) {       \
+      using index_t = int32_t;            \
+      return __VA_ARGS__();               \
+    } else {                              \
+      using index_t = int64_t;            \
+      return __VA_ARGS__();               \
+    }                                     \
   }()
 
 namespace cvops {

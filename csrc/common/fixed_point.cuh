@@ -59,9 +59,9 @@ struct FixedPointBuffer {
 
   // A non-finite upstream gradient makes the whole result NaN rather than silently wrong.
   at::Tensor result(at::ScalarType dtype) const {
-    at::Tensor inv_scale = at::where(at::isfinite(max_abs), scale.reciprocal(),
-                                     at::full({}, std::numeric_limits<double>::quiet_NaN(),
-                                              max_abs.options()));
+    at::Tensor inv_scale =
+        at::where(at::isfinite(max_abs), scale.reciprocal(),
+                  at::full({}, std::numeric_limits<double>::quiet_NaN(), max_abs.options()));
     return (fixed.to(at::kDouble) * inv_scale).to(dtype);
   }
 };

@@ -25,7 +25,8 @@
 #endif
 #if !defined(CVOPS_ROUNDED)
 #if defined(__FMA__) || defined(__FP_FAST_FMA) || defined(__FP_FAST_FMAF)
-#error "cvops: this compiler can contract a*b+c into an FMA and has no __builtin_assoc_barrier; build without FMA flags or with GCC >= 12 / Clang >= 15"
+#error \
+    "cvops: this compiler can contract a*b+c into an FMA and has no __builtin_assoc_barrier; build without FMA flags or with GCC >= 12 / Clang >= 15"
 #endif
 #define CVOPS_ROUNDED(x) (x)
 #endif
@@ -37,8 +38,10 @@ namespace cvops {
 template <typename T>
 CVOPS_HOST_DEVICE inline T mul_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == sizeof(float)) return __fmul_rn(a, b);
-  else return __dmul_rn(a, b);
+  if constexpr (sizeof(T) == sizeof(float))
+    return __fmul_rn(a, b);
+  else
+    return __dmul_rn(a, b);
 #else
   return CVOPS_ROUNDED(a * b);
 #endif
@@ -47,8 +50,10 @@ CVOPS_HOST_DEVICE inline T mul_rn(T a, T b) {
 template <typename T>
 CVOPS_HOST_DEVICE inline T add_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == sizeof(float)) return __fadd_rn(a, b);
-  else return __dadd_rn(a, b);
+  if constexpr (sizeof(T) == sizeof(float))
+    return __fadd_rn(a, b);
+  else
+    return __dadd_rn(a, b);
 #else
   return CVOPS_ROUNDED(a + b);
 #endif
@@ -57,8 +62,10 @@ CVOPS_HOST_DEVICE inline T add_rn(T a, T b) {
 template <typename T>
 CVOPS_HOST_DEVICE inline T sub_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == sizeof(float)) return __fsub_rn(a, b);
-  else return __dsub_rn(a, b);
+  if constexpr (sizeof(T) == sizeof(float))
+    return __fsub_rn(a, b);
+  else
+    return __dsub_rn(a, b);
 #else
   return CVOPS_ROUNDED(a - b);
 #endif

@@ -133,8 +133,8 @@ struct VecMathT {
   static CVOPS_CPU_INLINE V exp(V x) {
     const V xc = sel(x > splat(88.f), splat(88.f), x);
     const V z = xc * splat(1.44269504088896341f) + splat(0.5f);
-    Mask n = to_int(z);              // truncates
-    n = n + (to_float(n) > z);       // floor: the mask is -1 where truncation rounded up
+    Mask n = to_int(z);         // truncates
+    n = n + (to_float(n) > z);  // floor: the mask is -1 where truncation rounded up
     const V nf = to_float(n);
     V res = exp_reduced(xc, nf) * as_float((n + splati(127)) << 23);
     res = sel(x < splat(-87.33654475f), splat(0.f), res);
@@ -185,8 +185,7 @@ struct VecMathT {
     const float inf = std::numeric_limits<float>::infinity();
     res = sel(x == splat(0.f), splat(-inf), res);
     res = sel(x == splat(inf), splat(inf), res);
-    return sel((x < splat(0.f)) | (x != x), splat(std::numeric_limits<float>::quiet_NaN()),
-               res);
+    return sel((x < splat(0.f)) | (x != x), splat(std::numeric_limits<float>::quiet_NaN()), res);
   }
 
   // log1p(x) for x >= 0, accurate for tiny x: log(u) * x / (u - 1) with u = 1 + x.

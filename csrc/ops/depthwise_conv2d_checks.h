@@ -11,8 +11,7 @@
 
 namespace cvops {
 
-inline void check_depthwise_pair(const char* op, const char* name, at::IntArrayRef v,
-                                 int64_t min) {
+inline void check_depthwise_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min) {
   TORCH_CHECK_VALUE(v.size() == 2, op, ": ", name, " must have two values (h, w), got ", v);
   TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min, op, ": ", name, " must be ",
                     min == 0 ? "non-negative" : "positive", ", got ", v);
@@ -20,15 +19,14 @@ inline void check_depthwise_pair(const char* op, const char* name, at::IntArrayR
 
 // Geometry checks shared by the forward and backward ops; returns the parameters.
 inline DepthwiseParams depthwise_params(const char* op, at::IntArrayRef input_size,
-                                        int64_t out_channels, int64_t kernel_h,
-                                        int64_t kernel_w, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, at::IntArrayRef dilation) {
+                                        int64_t out_channels, int64_t kernel_h, int64_t kernel_w,
+                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation) {
   check_depthwise_pair(op, "stride", stride, 1);
   check_depthwise_pair(op, "padding", padding, 0);
   check_depthwise_pair(op, "dilation", dilation, 1);
-  TORCH_CHECK_VALUE(input_size.size() == 4, op,
-                    ": expected input of shape [N, C, H, W], got a ", input_size.size(),
-                    "-D tensor of shape ", input_size);
+  TORCH_CHECK_VALUE(input_size.size() == 4, op, ": expected input of shape [N, C, H, W], got a ",
+                    input_size.size(), "-D tensor of shape ", input_size);
   const int64_t channels = input_size[1];
   TORCH_CHECK_VALUE(channels > 0, op, ": input must have at least one channel, got shape ",
                     input_size);
@@ -71,18 +69,17 @@ inline at::MemoryFormat depthwise_result_format(const at::Tensor& t) {
 inline void check_depthwise_same(const char* op, const char* name, const at::Tensor& t,
                                  const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " and ", ref_name,
-                   " must have the same dtype, got ", name, " ", t.scalar_type(), " and ",
-                   ref_name, " ", ref.scalar_type());
+                   " must have the same dtype, got ", name, " ", t.scalar_type(), " and ", ref_name,
+                   " ", ref.scalar_type());
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " and ", ref_name,
-              " must be on the same device, got ", name, " on ", t.device(), " and ",
-              ref_name, " on ", ref.device());
+              " must be on the same device, got ", name, " on ", t.device(), " and ", ref_name,
+              " on ", ref.device());
 }
 
 inline DepthwiseParams check_depthwise_forward_args(const at::Tensor& input,
                                                     const at::Tensor& weight,
                                                     const std::optional<at::Tensor>& bias,
-                                                    at::IntArrayRef stride,
-                                                    at::IntArrayRef padding,
+                                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                                     at::IntArrayRef dilation) {
   constexpr const char* op = "cvops.depthwise_conv2d";
   TORCH_CHECK_VALUE(input.dim() == 4, op, ": expected input of shape [N, C, H, W], got a ",
@@ -92,8 +89,8 @@ inline DepthwiseParams check_depthwise_forward_args(const at::Tensor& input,
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op,
                    ": expected a floating-point input, got ", input.scalar_type());
   check_depthwise_same(op, "weight", weight, input, "input");
-  const auto p = depthwise_params(op, input.sizes(), weight.size(0), weight.size(2),
-                                  weight.size(3), stride, padding, dilation);
+  const auto p = depthwise_params(op, input.sizes(), weight.size(0), weight.size(2), weight.size(3),
+                                  stride, padding, dilation);
   if (bias.has_value() && bias->defined()) {
     check_depthwise_same(op, "bias", *bias, input, "input");
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
@@ -102,10 +99,12 @@ inline DepthwiseParams check_depthwise_forward_args(const at::Tensor& input,
   return p;
 }
 
-inline DepthwiseParams check_depthwise_backward_input_args(
-    const at::Tensor& grad, const at::Tensor& weight, int64_t batch, int64_t channels,
-    int64_t height, int64_t width, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation) {
+inline DepthwiseParams check_depthwise_backward_input_args(const at::Tensor& grad,
+                                                           const at::Tensor& weight, int64_t batch,
+                                                           int64_t channels, int64_t height,
+                                                           int64_t width, at::IntArrayRef stride,
+                                                           at::IntArrayRef padding,
+                                                           at::IntArrayRef dilation) {
   constexpr const char* op = "cvops._depthwise_conv2d_backward_input";
   TORCH_CHECK_VALUE(batch >= 0 && height >= 0 && width >= 0, op,
                     ": input sizes must be non-negative, got [", batch, ", ", channels, ", ",
@@ -116,13 +115,12 @@ inline DepthwiseParams check_depthwise_backward_input_args(
                    ": expected a floating-point grad, got ", grad.scalar_type());
   check_depthwise_same(op, "weight", weight, grad, "grad");
   const std::vector<int64_t> size{batch, channels, height, width};
-  const auto p = depthwise_params(op, size, weight.size(0), weight.size(2), weight.size(3),
-                                  stride, padding, dilation);
-  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == batch &&
-                        grad.size(1) == p.out_channels() && grad.size(2) == p.out_h &&
-                        grad.size(3) == p.out_w,
-                    op, ": expected grad of shape [", batch, ", ", p.out_channels(), ", ",
-                    p.out_h, ", ", p.out_w, "], got ", grad.sizes());
+  const auto p = depthwise_params(op, size, weight.size(0), weight.size(2), weight.size(3), stride,
+                                  padding, dilation);
+  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == batch && grad.size(1) == p.out_channels() &&
+                        grad.size(2) == p.out_h && grad.size(3) == p.out_w,
+                    op, ": expected grad of shape [", batch, ", ", p.out_channels(), ", ", p.out_h,
+                    ", ", p.out_w, "], got ", grad.sizes());
   return p;
 }
 
@@ -139,8 +137,7 @@ inline DepthwiseParams check_depthwise_backward_weight_args(
   check_depthwise_same(op, "grad", grad, input, "input");
   const auto p = depthwise_params(op, input.sizes(), grad.size(1), kernel_h, kernel_w, stride,
                                   padding, dilation);
-  TORCH_CHECK_VALUE(grad.size(0) == p.batch && grad.size(2) == p.out_h &&
-                        grad.size(3) == p.out_w,
+  TORCH_CHECK_VALUE(grad.size(0) == p.batch && grad.size(2) == p.out_h && grad.size(3) == p.out_w,
                     op, ": expected grad of shape [", p.batch, ", ", p.out_channels(), ", ",
                     p.out_h, ", ", p.out_w, "], got ", grad.sizes());
   return p;
@@ -148,12 +145,9 @@ inline DepthwiseParams check_depthwise_backward_weight_args(
 
 // _depthwise_conv2d_backward (both gradients): the weight gradient's checks, and the weight
 // must be [grad.size(1), 1, kH, kW] with the input's dtype and device.
-inline DepthwiseParams check_depthwise_backward_args(const at::Tensor& grad,
-                                                     const at::Tensor& input,
-                                                     const at::Tensor& weight,
-                                                     at::IntArrayRef stride,
-                                                     at::IntArrayRef padding,
-                                                     at::IntArrayRef dilation) {
+inline DepthwiseParams check_depthwise_backward_args(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   constexpr const char* op = "cvops._depthwise_conv2d_backward";
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == 1, op,
                     ": expected weight of shape [C_out, 1, kH, kW], got ", weight.sizes());

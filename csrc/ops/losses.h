@@ -109,8 +109,7 @@ CVOPS_LOSS_FN T bce_with_logits(T x, T t, T l) {
 // One evaluation of the sigmoid gives both (the fused forward used with autograd). The
 // single-output forms below share this code; the unused half is dead after inlining.
 template <int G, typename M, typename T>
-CVOPS_LOSS_FN void sigmoid_focal_term_and_grad(T x, T t, T a1, T a0, T gamma, T& loss,
-                                               T& grad) {
+CVOPS_LOSS_FN void sigmoid_focal_term_and_grad(T x, T t, T a1, T a0, T gamma, T& loss, T& grad) {
   T p, q, l;
   sigmoid_parts<M>(x, p, q, l);
   const T m = p * (M::c(1) - t) + q * t;

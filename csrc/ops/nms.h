@@ -32,8 +32,7 @@ CVOPS_HOST_DEVICE inline Box<acc_t> make_box(acc_t x1, acc_t y1, acc_t x2, acc_t
 // kernels run, except for nms_fixed which drops such boxes instead.)
 template <typename acc_t>
 CVOPS_HOST_DEVICE inline bool box_is_valid(acc_t x1, acc_t y1, acc_t x2, acc_t y2) {
-  return is_finite(x1) && is_finite(y1) && is_finite(x2) && is_finite(y2) && x1 <= x2 &&
-         y1 <= y2;
+  return is_finite(x1) && is_finite(y1) && is_finite(x2) && is_finite(y2) && x1 <= x2 && y1 <= y2;
 }
 
 template <typename acc_t>

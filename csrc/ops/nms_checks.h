@@ -14,19 +14,18 @@ inline void check_nms_args(const char* op, const at::Tensor& boxes, const at::Te
                            double iou_threshold) {
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, op,
                     ": expected boxes of shape [N, 4] (x1, y1, x2, y2), got ", boxes.sizes());
-  TORCH_CHECK_VALUE(scores.dim() == 1, op, ": expected scores of shape [N], got ",
-                    scores.sizes());
+  TORCH_CHECK_VALUE(scores.dim() == 1, op, ": expected scores of shape [N], got ", scores.sizes());
   TORCH_CHECK_VALUE(boxes.size(0) == scores.size(0), op,
                     ": boxes and scores must have the same length, got ", boxes.size(0),
                     " boxes and ", scores.size(0), " scores");
   TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), op,
                    ": expected floating-point boxes, got ", boxes.scalar_type());
   TORCH_CHECK_TYPE(boxes.scalar_type() == scores.scalar_type(), op,
-                   ": boxes and scores must have the same dtype, got boxes ",
-                   boxes.scalar_type(), " and scores ", scores.scalar_type());
+                   ": boxes and scores must have the same dtype, got boxes ", boxes.scalar_type(),
+                   " and scores ", scores.scalar_type());
   TORCH_CHECK_VALUE(boxes.device() == scores.device(), op,
-                    ": boxes and scores must be on the same device, got boxes on ",
-                    boxes.device(), " and scores on ", scores.device());
+                    ": boxes and scores must be on the same device, got boxes on ", boxes.device(),
+                    " and scores on ", scores.device());
   TORCH_CHECK_VALUE(iou_threshold >= 0.0 && iou_threshold <= 1.0, op,
                     ": iou_threshold must be in [0, 1], got ", iou_threshold);
 }
@@ -38,8 +37,8 @@ inline void check_idxs(const char* op, const at::Tensor& boxes, const at::Tensor
   TORCH_CHECK_TYPE(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false), op,
                    ": idxs must be an integer tensor (int64), got ", idxs.scalar_type());
   TORCH_CHECK_VALUE(idxs.device() == boxes.device(), op,
-                    ": boxes and idxs must be on the same device, got boxes on ",
-                    boxes.device(), " and idxs on ", idxs.device());
+                    ": boxes and idxs must be on the same device, got boxes on ", boxes.device(),
+                    " and idxs on ", idxs.device());
 }
 
 inline void check_soft_nms_args(const char* op, double sigma, double score_threshold,
@@ -52,8 +51,7 @@ inline void check_soft_nms_args(const char* op, double sigma, double score_thres
 }
 
 // The ValueError for a box with a non-finite coordinate or x2 < x1 or y2 < y1.
-inline void raise_bad_box(const char* op, int64_t k, double x1, double y1, double x2,
-                          double y2) {
+inline void raise_bad_box(const char* op, int64_t k, double x1, double y1, double x2, double y2) {
   TORCH_CHECK_VALUE(false, op, ": boxes[", k, "] = (", x1, ", ", y1, ", ", x2, ", ", y2,
                     ") is not a valid box: expected finite coordinates with x1 <= x2 and "
                     "y1 <= y2");

@@ -30,10 +30,10 @@ constexpr int64_t kMaxAdaptiveGrid = 1 << 14;
 template <typename T>
 struct RoiGeometry {
   int64_t batch_index;
-  T start_h, start_w;  // top-left corner in feature-map coordinates
-  T bin_h, bin_w;      // bin size
+  T start_h, start_w;      // top-left corner in feature-map coordinates
+  T bin_h, bin_w;          // bin size
   int64_t grid_h, grid_w;  // samples per bin along each axis
-  T count;             // divisor of the bin average (at least 1)
+  T count;                 // divisor of the bin average (at least 1)
   // false when a coordinate is not finite or the batch index names no image
   // (roi_batch_index): output NaN, no gradient.
   bool valid;

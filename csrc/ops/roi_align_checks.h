@@ -23,8 +23,8 @@ inline void check_roi_align_backward_args(const at::Tensor& grad, const at::Tens
                                           int64_t sampling_ratio) {
   constexpr const char* op = "cvops._roi_align_backward";
   TORCH_CHECK_VALUE(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
-                    ": input sizes must be non-negative, got [", batch_size, ", ", channels,
-                    ", ", height, ", ", width, "]");
+                    ": input sizes must be non-negative, got [", batch_size, ", ", channels, ", ",
+                    height, ", ", width, "]");
   // The gradient stands in for the input in the common checks (dtype, device, sizes).
   check_roi_op_args(op, grad, rois, spatial_scale, pooled_height, pooled_width);
   TORCH_CHECK_VALUE(grad.size(0) == rois.size(0) && grad.size(1) == channels &&

@@ -38,8 +38,8 @@ CVOPS_HOST_DEVICE inline int64_t rounded_coord(double v, double spatial_scale) {
 // The image a RoI (batch_index, x1, y1, x2, y2) pools from, or -1 when the RoI is invalid:
 // a coordinate is not finite, or the batch index names no image (roi_batch_index). An invalid
 // RoI outputs NaN and receives no gradient, on both backends and in both directions.
-CVOPS_HOST_DEVICE inline int64_t roi_image(double batch, double x1, double y1, double x2,
-                                           double y2, int64_t batch_size) {
+CVOPS_HOST_DEVICE inline int64_t roi_image(double batch, double x1, double y1, double x2, double y2,
+                                           int64_t batch_size) {
   const bool finite = is_finite(x1) && is_finite(y1) && is_finite(x2) && is_finite(y2);
   return finite ? roi_batch_index(batch, batch_size) : -1;
 }
@@ -47,8 +47,8 @@ CVOPS_HOST_DEVICE inline int64_t roi_image(double batch, double x1, double y1, d
 // roi = (batch_index, x1, y1, x2, y2) in input-image coordinates; batch_size is the input's.
 // The products are formed in double (as torchvision's CPU kernel does) so CPU and CUDA round
 // identically (a product followed by round(), nothing for a compiler to fuse).
-CVOPS_HOST_DEVICE inline RoiBox roi_box(double batch, double x1, double y1, double x2,
-                                        double y2, double spatial_scale, int64_t batch_size) {
+CVOPS_HOST_DEVICE inline RoiBox roi_box(double batch, double x1, double y1, double x2, double y2,
+                                        double spatial_scale, int64_t batch_size) {
   RoiBox b;
   b.batch_index = roi_image(batch, x1, y1, x2, y2, batch_size);
   b.valid = b.batch_index >= 0;

@@ -31,8 +31,8 @@ inline void check_roi_pool_backward_args(const at::Tensor& grad, const at::Tenso
                                          int64_t width) {
   constexpr const char* op = "cvops._roi_pool_backward";
   TORCH_CHECK_VALUE(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
-                    ": input sizes must be non-negative, got [", batch_size, ", ", channels,
-                    ", ", height, ", ", width, "]");
+                    ": input sizes must be non-negative, got [", batch_size, ", ", channels, ", ",
+                    height, ", ", width, "]");
   // The gradient stands in for the input in the common checks (dtype, device, sizes).
   check_roi_op_args(op, grad, rois, spatial_scale, pooled_height, pooled_width);
   check_roi_pool_plane_size(op, height, width);
@@ -41,10 +41,9 @@ inline void check_roi_pool_backward_args(const at::Tensor& grad, const at::Tenso
                     op, ": expected grad of shape [", rois.size(0), ", ", channels, ", ",
                     pooled_height, ", ", pooled_width, "], got ", grad.sizes());
   TORCH_CHECK_TYPE(argmax.scalar_type() == at::kInt, op,
-                   ": expected an int32 argmax (from cvops.roi_pool), got ",
-                   argmax.scalar_type());
-  TORCH_CHECK_VALUE(argmax.sizes() == grad.sizes(), op, ": expected argmax of shape ",
-                    grad.sizes(), ", got ", argmax.sizes());
+                   ": expected an int32 argmax (from cvops.roi_pool), got ", argmax.scalar_type());
+  TORCH_CHECK_VALUE(argmax.sizes() == grad.sizes(), op, ": expected argmax of shape ", grad.sizes(),
+                    ", got ", argmax.sizes());
   TORCH_CHECK(argmax.device() == grad.device(), op,
               ": grad and argmax must be on the same device, got grad on ", grad.device(),
               " and argmax on ", argmax.device());

@@ -11,15 +11,14 @@ namespace {
 
 template <c10::DispatchKey autocast_key, c10::DeviceType device_type>
 at::Tensor depthwise_conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
-                                     const std::optional<at::Tensor>& bias,
-                                     at::IntArrayRef stride, at::IntArrayRef padding,
-                                     at::IntArrayRef dilation) {
+                                     const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cvops::depthwise_conv2d", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                         const std::optional<at::Tensor>&, at::IntArrayRef,
-                                         at::IntArrayRef, at::IntArrayRef)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("cvops::depthwise_conv2d", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
   const auto dtype = at::autocast::get_autocast_dtype(device_type);
   std::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) {

@@ -37,8 +37,8 @@ at::Tensor batched_nms_autocast(const at::Tensor& boxes, const at::Tensor& score
 
 template <c10::DispatchKey key, c10::DeviceType device_type>
 std::tuple<at::Tensor, at::Tensor> nms_fixed_autocast(const at::Tensor& boxes,
-                                                      const at::Tensor& scores,
-                                                      double threshold, int64_t max_output) {
+                                                      const at::Tensor& scores, double threshold,
+                                                      int64_t max_output) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("cvops::nms_fixed", "")
@@ -54,13 +54,13 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_autocast(const at::Tensor& boxes,
                                                      double sigma, double score_threshold,
                                                      int64_t method) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cvops::soft_nms", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, double, double, double,
-                           int64_t)>();
-  auto out = op.call(to_float<device_type>(boxes), to_float<device_type>(scores), threshold,
-                     sigma, score_threshold, method);
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("cvops::soft_nms", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double,
+                                                    double, double, int64_t)>();
+  auto out = op.call(to_float<device_type>(boxes), to_float<device_type>(scores), threshold, sigma,
+                     score_threshold, method);
   return {std::get<0>(out), std::get<1>(out).to(scores.scalar_type())};
 }
 

@@ -8,9 +8,9 @@ namespace cvops {
 namespace {
 
 template <c10::DispatchKey autocast_key, c10::DeviceType device_type>
-at::Tensor roi_align_autocast(const at::Tensor& input, const at::Tensor& rois,
-                              double spatial_scale, int64_t pooled_height,
-                              int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+at::Tensor roi_align_autocast(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                              int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                              bool aligned) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("cvops::roi_align", "")
@@ -18,21 +18,19 @@ at::Tensor roi_align_autocast(const at::Tensor& input, const at::Tensor& rois,
                                          int64_t, int64_t, bool)>();
   return op
       .call(at::autocast::cached_cast(at::kFloat, input, device_type),
-            at::autocast::cached_cast(at::kFloat, rois, device_type), spatial_scale,
-            pooled_height, pooled_width, sampling_ratio, aligned)
+            at::autocast::cached_cast(at::kFloat, rois, device_type), spatial_scale, pooled_height,
+            pooled_width, sampling_ratio, aligned)
       .to(input.scalar_type());
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cvops, AutocastCPU, m) {
-  m.impl("roi_align",
-         &roi_align_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
+  m.impl("roi_align", &roi_align_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
 }
 
 TORCH_LIBRARY_IMPL(cvops, AutocastCUDA, m) {
-  m.impl("roi_align",
-         &roi_align_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
+  m.impl("roi_align", &roi_align_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
 }
 
 }  // namespace cvops

@@ -37,10 +37,9 @@ const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
 
 class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2dFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
-                            const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                            c10::IntArrayRef stride, c10::IntArrayRef padding,
-                            c10::IntArrayRef dilation) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                            c10::IntArrayRef padding, c10::IntArrayRef dilation) {
     at::AutoDispatchBelowADInplaceOrView below;
     at::Tensor output = forward_op().call(input, weight, bias, stride, padding, dilation);
     ctx->save_for_backward({input, weight});
@@ -58,18 +57,16 @@ class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2d
             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt,
                               c10::SymInt, c10::SymInt, c10::IntArrayRef, c10::IntArrayRef,
                               c10::IntArrayRef)>();
-    static auto weight_op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("cvops::_depthwise_conv2d_backward_weight", "")
-            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                      int64_t, int64_t, c10::IntArrayRef,
-                                                      c10::IntArrayRef, c10::IntArrayRef)>();
-    static auto both_op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("cvops::_depthwise_conv2d_backward", "")
-            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
-                c10::IntArrayRef, c10::IntArrayRef)>();
+    static auto weight_op = c10::Dispatcher::singleton()
+                                .findSchemaOrThrow("cvops::_depthwise_conv2d_backward_weight", "")
+                                .typed<std::tuple<at::Tensor, at::Tensor>(
+                                    const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                                    c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef)>();
+    static auto both_op = c10::Dispatcher::singleton()
+                              .findSchemaOrThrow("cvops::_depthwise_conv2d_backward", "")
+                              .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                  const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef)>();
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
     const at::Tensor& weight = saved[1];
@@ -95,8 +92,7 @@ class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2d
     }
     if (ctx->needs_input_grad(0)) {
       grad_input = input_op.call(grad, weight, input.sym_size(0), input.sym_size(1),
-                                 input.sym_size(2), input.sym_size(3), stride, padding,
-                                 dilation);
+                                 input.sym_size(2), input.sym_size(3), stride, padding, dilation);
     }
     if (weight_or_bias) {
       std::tie(grad_weight, grad_bias) =
@@ -109,9 +105,8 @@ class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2d
 };
 
 at::Tensor depthwise_conv2d_autograd(const at::Tensor& input, const at::Tensor& weight,
-                                     const std::optional<at::Tensor>& bias,
-                                     c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                     c10::IntArrayRef dilation) {
+                                     const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                     c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   // No gradient wanted (inference, or inputs that do not require it): call the op below
   // autograd directly. The autograd function would still build its node and save its
   // arguments, ~1 us of a 7x7 layer's ~38 us forward.
@@ -126,8 +121,6 @@ at::Tensor depthwise_conv2d_autograd(const at::Tensor& input, const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cvops, Autograd, m) {
-  m.impl("depthwise_conv2d", &depthwise_conv2d_autograd);
-}
+TORCH_LIBRARY_IMPL(cvops, Autograd, m) { m.impl("depthwise_conv2d", &depthwise_conv2d_autograd); }
 
 }  // namespace cvops

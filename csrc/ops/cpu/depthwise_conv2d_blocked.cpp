@@ -88,10 +88,10 @@ struct BlockedArgs {
 template <typename scalar_t, typename V>
 CVOPS_ALWAYS_INLINE inline void gather_generic(V* __restrict dst, int64_t pitch,
                                                const scalar_t* __restrict src, int64_t sc,
-                                               int64_t sh, int64_t sw, int64_t rows,
-                                               int64_t cols, int64_t nc) {
+                                               int64_t sh, int64_t sw, int64_t rows, int64_t cols,
+                                               int64_t nc) {
   using acc_t = at::opmath_type<scalar_t>;
-  if (sc == 1) {  // channels-last: the lanes of a pixel are contiguous
+  if (sc == 1) {         // channels-last: the lanes of a pixel are contiguous
     if (nc == kBlock) {  // a full block: fixed-length loops, one vector load (and convert)
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) {
@@ -127,10 +127,9 @@ CVOPS_ALWAYS_INLINE inline void gather_generic(V* __restrict dst, int64_t pitch,
 
 // dst[l * dc + r * dh + c * dw] = src[r * pitch + c][l] for r < rows, c < cols, l < nc.
 template <typename scalar_t, typename V>
-CVOPS_ALWAYS_INLINE inline void scatter_generic(scalar_t* __restrict dst, int64_t dc,
-                                                int64_t dh, int64_t dw, const V* __restrict src,
-                                                int64_t pitch, int64_t rows, int64_t cols,
-                                                int64_t nc) {
+CVOPS_ALWAYS_INLINE inline void scatter_generic(scalar_t* __restrict dst, int64_t dc, int64_t dh,
+                                                int64_t dw, const V* __restrict src, int64_t pitch,
+                                                int64_t rows, int64_t cols, int64_t nc) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* s = reinterpret_cast<const acc_t*>(src);
   if (dc == 1) {
@@ -243,9 +242,9 @@ CVOPS_ALWAYS_INLINE inline void transpose_out(scalar_t* __restrict dst, int64_t 
 // kBlock pixels) or through stage (rows * cols vectors).
 template <typename scalar_t, typename V>
 CVOPS_ALWAYS_INLINE inline void gather_block(V* __restrict dst, int64_t pitch,
-                                             const scalar_t* __restrict src, int64_t sc,
-                                             int64_t sh, int64_t sw, int64_t rows, int64_t cols,
-                                             int64_t nc, V* __restrict stage) {
+                                             const scalar_t* __restrict src, int64_t sc, int64_t sh,
+                                             int64_t sw, int64_t rows, int64_t cols, int64_t nc,
+                                             V* __restrict stage) {
   if (sc != 1 && sw == 1 && (sh == cols || rows == 1)) {
     if (pitch == cols || rows == 1) {
       transpose_in(dst, src, sc, rows * cols, nc);
@@ -266,9 +265,9 @@ CVOPS_ALWAYS_INLINE inline void gather_block(V* __restrict dst, int64_t pitch,
 // dst[l * dc + r * dh + c * dw] = src[r * pitch + c][l] for r < rows, c < cols, l < nc.
 template <typename scalar_t, typename V>
 CVOPS_ALWAYS_INLINE inline void scatter_block(scalar_t* __restrict dst, int64_t dc, int64_t dh,
-                                              int64_t dw, const V* __restrict src,
-                                              int64_t pitch, int64_t rows, int64_t cols,
-                                              int64_t nc, V* __restrict stage) {
+                                              int64_t dw, const V* __restrict src, int64_t pitch,
+                                              int64_t rows, int64_t cols, int64_t nc,
+                                              V* __restrict stage) {
   if (dc != 1 && dw == 1 && (dh == cols || rows == 1)) {
     if (pitch == cols || rows == 1) {
       transpose_out(dst, dc, src, rows * cols, nc);
@@ -339,8 +338,8 @@ CVOPS_ALWAYS_INLINE inline void block_conv(V* __restrict out, const V* __restric
 // Tasks [begin, end) of (image, channel block), block-major within an image.
 template <int KH_, int KW_, int SW_, int DW_, typename scalar_t>
 CVOPS_ALWAYS_INLINE inline void blocked_forward_body(Shape<KH_, KW_, SW_, DW_>,
-                                                     const BlockedArgs<scalar_t>& a,
-                                                     int64_t begin, int64_t end) {
+                                                     const BlockedArgs<scalar_t>& a, int64_t begin,
+                                                     int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = typename BlockVec<acc_t>::type;
   const DepthwiseParams& p = a.p;
@@ -353,20 +352,20 @@ CVOPS_ALWAYS_INLINE inline void blocked_forward_body(Shape<KH_, KW_, SW_, DW_>,
   VecBuffer<V> out(p.out_h * p.out_w + kCols);
   VecBuffer<V> stage(std::max(p.height * p.width, p.out_h * p.out_w));
   VecBuffer<V> w(KK);
-  const BlockConv g{p.out_h, p.out_w, p.out_w, wp, p.stride_h, p.stride_w,
-                    p.dil_h, p.dil_w, p.kernel_h, p.kernel_w};
+  const BlockConv g{p.out_h,    p.out_w, p.out_w, wp,         p.stride_h,
+                    p.stride_w, p.dil_h, p.dil_w, p.kernel_h, p.kernel_w};
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kBlock;
     const int64_t nc = std::min(kBlock, p.channels - c0);
-    gather_block(in.data() + p.pad_h * wp + p.pad_w, wp, a.src + n * a.ss.n + c0 * a.ss.c,
-                 a.ss.c, a.ss.h, a.ss.w, p.height, p.width, nc, stage.data());
+    gather_block(in.data() + p.pad_h * wp + p.pad_w, wp, a.src + n * a.ss.n + c0 * a.ss.c, a.ss.c,
+                 a.ss.h, a.ss.w, p.height, p.width, nc, stage.data());
     load_block_weights(w.data(), a.weight, c0, nc, KK, false);
     V init = {};
     if (a.bias != nullptr)
       for (int64_t l = 0; l < nc; ++l) init[l] = static_cast<acc_t>(a.bias[c0 + l]);
     block_conv<KH_, KW_, SW_, DW_>(out.data(), in.data(), w.data(), init, g);
-    scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(),
-                  p.out_w, p.out_h, p.out_w, nc, stage.data());
+    scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(), p.out_w,
+                  p.out_h, p.out_w, nc, stage.data());
   }
 }
 
@@ -399,8 +398,8 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(Shape<KH_, KW_, SW_,
       load_block_weights(w.data(), a.weight, c0, nc, KK, true);
       block_conv<KH_, KW_, 1, DW_>(out.data(), gbuf.data() + p.pad_h * cols + p.pad_w, w.data(),
                                    V{}, g);
-      scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(), W, H,
-                    W, nc, stage.data());
+      scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, out.data(), W, H, W,
+                    nc, stage.data());
     }
     return;
   }
@@ -468,8 +467,8 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_input_body(Shape<KH_, KW_, SW_,
         }
       }
     }
-    scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, dense.data(), W, H,
-                  W, nc, stage.data());
+    scatter_block(a.dst + n * a.ds.n + c0 * a.ds.c, a.ds.c, a.ds.h, a.ds.w, dense.data(), W, H, W,
+                  nc, stage.data());
   }
 }
 
@@ -517,10 +516,10 @@ CVOPS_ALWAYS_INLINE inline void blocked_backward_weight_body(Shape<KH_, KW_, SW_
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kBlock;
     const int64_t nc = std::min(kBlock, p.channels - c0);
-    gather_block(in.data() + p.pad_h * wp + p.pad_w, wp, a.src + n * a.ss.n + c0 * a.ss.c,
-                 a.ss.c, a.ss.h, a.ss.w, p.height, p.width, nc, stage.data());
-    gather_block(gbuf.data(), OW, a.grad + n * a.gs.n + c0 * a.gs.c, a.gs.c, a.gs.h, a.gs.w, OH,
-                 OW, nc, stage.data());
+    gather_block(in.data() + p.pad_h * wp + p.pad_w, wp, a.src + n * a.ss.n + c0 * a.ss.c, a.ss.c,
+                 a.ss.h, a.ss.w, p.height, p.width, nc, stage.data());
+    gather_block(gbuf.data(), OW, a.grad + n * a.gs.n + c0 * a.gs.c, a.gs.c, a.gs.h, a.gs.w, OH, OW,
+                 nc, stage.data());
     // Row by row: per kernel row (3x3) or per tap (other kernels), kCols columns at a time
     // into kCols independent accumulator sets, added into acc at the end of the row.
     V* __restrict acc = accv.data();
@@ -577,8 +576,8 @@ void blocked_run(const DepthwiseParams& p, const Body& body) {
   const bool k3 = p.square(3) && p.undilated();
   at::parallel_for(0, blocked_tasks(p), blocked_grain(p), [&](int64_t begin, int64_t end) {
     auto run = [&](auto shape) {
-      simd::dispatch_isa<simd::MaxIsa::kAvx2>(
-          [&](auto) CVOPS_ALWAYS_INLINE { body(shape, begin, end); });
+      simd::dispatch_isa<simd::MaxIsa::kAvx2>([&](auto)
+                                                  CVOPS_ALWAYS_INLINE { body(shape, begin, end); });
     };
     if (k3 && p.stride_w == 1)
       run(Shape<3, 3, 1, 1>());
@@ -609,9 +608,8 @@ void blocked_forward(const at::Tensor& input, const at::Tensor& weight, const at
         a.bias = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
         a.dst = output.mutable_data_ptr<scalar_t>();
         a.ds = strides_of(output);
-        blocked_run(p, [&](auto shape, int64_t begin, int64_t end) CVOPS_ALWAYS_INLINE {
-          blocked_forward_body(shape, a, begin, end);
-        });
+        blocked_run(p, [&](auto shape, int64_t begin, int64_t end)
+                           CVOPS_ALWAYS_INLINE { blocked_forward_body(shape, a, begin, end); });
       });
 }
 

@@ -51,14 +51,14 @@ bool avx512_float_nchw(const DepthwiseCall& call);
 // `bias` may be undefined. A weight-gradient `result` is [C_out, KH * KW + 1] in the op-math
 // dtype: each channel's weight gradient, then its bias gradient, summed in a fixed order (the
 // same for any thread count). Outputs are allocated by the caller; every element is written.
-#define CVOPS_DW_DECLARE_KERNEL(name)                                                       \
-  bool name##_applies(const DepthwiseCall& call, DepthwiseDirection direction);             \
-  void name##_forward(const at::Tensor& input, const at::Tensor& weight,                   \
-                      const at::Tensor& bias, at::Tensor& output, const DepthwiseParams& p); \
-  void name##_backward_input(const at::Tensor& grad, const at::Tensor& weight,             \
-                             at::Tensor& grad_input, const DepthwiseParams& p);            \
-  void name##_backward_weight(const at::Tensor& grad, const at::Tensor& input,             \
-                              at::Tensor& result, const DepthwiseParams& p);
+#define CVOPS_DW_DECLARE_KERNEL(name)                                                              \
+  bool name##_applies(const DepthwiseCall& call, DepthwiseDirection direction);                    \
+  void name##_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,   \
+                      at::Tensor& output, const DepthwiseParams& p);                               \
+  void name##_backward_input(const at::Tensor& grad, const at::Tensor& weight,                     \
+                             at::Tensor& grad_input, const DepthwiseParams& p);                    \
+  void name##_backward_weight(const at::Tensor& grad, const at::Tensor& input, at::Tensor& result, \
+                              const DepthwiseParams& p);
 
 CVOPS_DW_DECLARE_KERNEL(stride2_512)
 CVOPS_DW_DECLARE_KERNEL(rows512)
@@ -70,8 +70,7 @@ CVOPS_DW_DECLARE_KERNEL(plane)
 // The fused backward: both gradients of a 3x3, stride-1, padding-1, undilated call in one
 // pass. result as for the weight gradient.
 bool backward512_applies(const DepthwiseCall& call, DepthwiseDirection direction);
-void backward512_backward(const at::Tensor& grad, const at::Tensor& input,
-                          const at::Tensor& weight, at::Tensor& grad_input, at::Tensor& result,
-                          const DepthwiseParams& p);
+void backward512_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                          at::Tensor& grad_input, at::Tensor& result, const DepthwiseParams& p);
 
 }  // namespace cvops

@@ -120,14 +120,14 @@ const Rule* forced_rule() {
 const Rule* plan(const DepthwiseCall& call, DepthwiseDirection direction) {
   if (const Rule* f = forced_rule()) {
     if (implements(f->kernel, direction)) {
-      TORCH_CHECK(f->applies(call, direction), "CVOPS_DEPTHWISE_CPU_PATH=", f->name,
-                  ": the ", f->name, " kernel does not apply to this ",
-                  direction_name(direction), " (input [", call.p.batch, ", ", call.p.channels,
-                  ", ", call.p.height, ", ", call.p.width, "], kernel ", call.p.kernel_h, "x",
-                  call.p.kernel_w, ", stride (", call.p.stride_h, ", ", call.p.stride_w,
-                  "), padding (", call.p.pad_h, ", ", call.p.pad_w, "), dilation (",
-                  call.p.dil_h, ", ", call.p.dil_w, "), multiplier ", call.p.multiplier, ", ",
-                  call.dtype, call.nchw ? "" : ", channels-last", "); see cvops.info --depthwise");
+      TORCH_CHECK(f->applies(call, direction), "CVOPS_DEPTHWISE_CPU_PATH=", f->name, ": the ",
+                  f->name, " kernel does not apply to this ", direction_name(direction),
+                  " (input [", call.p.batch, ", ", call.p.channels, ", ", call.p.height, ", ",
+                  call.p.width, "], kernel ", call.p.kernel_h, "x", call.p.kernel_w, ", stride (",
+                  call.p.stride_h, ", ", call.p.stride_w, "), padding (", call.p.pad_h, ", ",
+                  call.p.pad_w, "), dilation (", call.p.dil_h, ", ", call.p.dil_w, "), multiplier ",
+                  call.p.multiplier, ", ", call.dtype, call.nchw ? "" : ", channels-last",
+                  "); see cvops.info --depthwise");
       return f;
     }
     if (direction == DepthwiseDirection::kBackward) return nullptr;
@@ -145,16 +145,16 @@ bool is_nchw(const at::Tensor& t) {
   return depthwise_result_format(t) == at::MemoryFormat::Contiguous;
 }
 
-// Runs kernel `k`'s implementation of one direction: F is called with the kernel's name
-// prefix resolved, e.g. F(masked_forward).
-#define CVOPS_DW_RUN(rule, fn, ...)                                      \
-  switch (rule->kernel) {                                               \
+// Calls the chosen rule's function for one direction, e.g. CVOPS_DW_RUN(k, forward, ...) runs
+// masked_forward(...) when k is the masked rule.
+#define CVOPS_DW_RUN(rule, fn, ...)                                           \
+  switch (rule->kernel) {                                                     \
     case DepthwiseKernel::kStride2_512: stride2_512_##fn(__VA_ARGS__); break; \
-    case DepthwiseKernel::kRows512: rows512_##fn(__VA_ARGS__); break;   \
-    case DepthwiseKernel::kMasked: masked_##fn(__VA_ARGS__); break;     \
-    case DepthwiseKernel::kBlocked: blocked_##fn(__VA_ARGS__); break;   \
-    case DepthwiseKernel::kPlane: plane_##fn(__VA_ARGS__); break;       \
-    case DepthwiseKernel::kBackward512: TORCH_INTERNAL_ASSERT(false);   \
+    case DepthwiseKernel::kRows512: rows512_##fn(__VA_ARGS__); break;         \
+    case DepthwiseKernel::kMasked: masked_##fn(__VA_ARGS__); break;           \
+    case DepthwiseKernel::kBlocked: blocked_##fn(__VA_ARGS__); break;         \
+    case DepthwiseKernel::kPlane: plane_##fn(__VA_ARGS__); break;             \
+    case DepthwiseKernel::kBackward512: TORCH_INTERNAL_ASSERT(false);         \
   }
 
 at::Tensor depthwise_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -180,10 +180,9 @@ at::Tensor depthwise_conv2d_forward_cpu(const at::Tensor& input, const at::Tenso
 at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at::Tensor& weight,
                                                int64_t batch, int64_t channels, int64_t height,
                                                int64_t width, at::IntArrayRef stride,
-                                               at::IntArrayRef padding,
-                                               at::IntArrayRef dilation) {
-  const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height,
-                                                     width, stride, padding, dilation);
+                                               at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height, width,
+                                                     stride, padding, dilation);
   const auto format = depthwise_result_format(grad);
   const Rule* k = plan({p, grad.scalar_type(), is_nchw(grad)}, DepthwiseDirection::kInputGrad);
   const bool strided = k->kernel == DepthwiseKernel::kBlocked;
@@ -199,9 +198,8 @@ at::Tensor depthwise_conv2d_backward_input_cpu(const at::Tensor& grad, const at:
 // The kernels' [C_out][KK + 1] sums (KK taps, then the bias) as the weight gradient
 // [C_out, 1, kh, kw] and the bias gradient [C_out] in `dtype`. A plain loop when no cast is
 // needed: narrow + reshape + select through the dispatcher cost ~6 us a call.
-std::tuple<at::Tensor, at::Tensor> split_weight_and_bias(const at::Tensor& result,
-                                                         int64_t kernel_h, int64_t kernel_w,
-                                                         at::ScalarType dtype) {
+std::tuple<at::Tensor, at::Tensor> split_weight_and_bias(const at::Tensor& result, int64_t kernel_h,
+                                                         int64_t kernel_w, at::ScalarType dtype) {
   const int64_t C_out = result.size(0), KK = kernel_h * kernel_w;
   if (dtype != result.scalar_type()) {
     at::Tensor grad_weight = result.narrow(1, 0, KK).reshape({C_out, 1, kernel_h, kernel_w});
@@ -233,14 +231,14 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cpu(
   if (p.batch > 0) {
     // Every element is written by the kernel (no fill: under load, even a parallel fill of a
     // small buffer can wait milliseconds for a descheduled thread).
-    result = at::empty({p.out_channels(), kernel_h * kernel_w + 1},
-                       input.options().dtype(acc_type));
+    result =
+        at::empty({p.out_channels(), kernel_h * kernel_w + 1}, input.options().dtype(acc_type));
     const bool strided = k->kernel == DepthwiseKernel::kBlocked;
     CVOPS_DW_RUN(k, backward_weight, strided ? grad : grad.contiguous(),
                  strided ? input : input.contiguous(), result, p)
   } else {
-    result = at::zeros({p.out_channels(), kernel_h * kernel_w + 1},
-                       input.options().dtype(acc_type));
+    result =
+        at::zeros({p.out_channels(), kernel_h * kernel_w + 1}, input.options().dtype(acc_type));
   }
   return split_weight_and_bias(result, kernel_h, kernel_w, input.scalar_type());
 }
@@ -260,9 +258,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
     auto [grad_weight, grad_bias] = split_weight_and_bias(sums, p.kernel_h, p.kernel_w, at::kFloat);
     return {grad_input, grad_weight, grad_bias};
   }
-  at::Tensor grad_input =
-      depthwise_conv2d_backward_input_cpu(grad, weight, p.batch, p.channels, p.height, p.width,
-                                          stride, padding, dilation);
+  at::Tensor grad_input = depthwise_conv2d_backward_input_cpu(
+      grad, weight, p.batch, p.channels, p.height, p.width, stride, padding, dilation);
   auto [grad_weight, grad_bias] = depthwise_conv2d_backward_weight_cpu(
       grad, input, p.kernel_h, p.kernel_w, stride, padding, dilation);
   return {grad_input, grad_weight, grad_bias};
@@ -271,10 +268,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
 // _depthwise_cpu_plan: the kernel of each direction (forward, input gradient, weight
 // gradient, fused backward or "separate") for a call of this geometry, dtype and format
 // (python -m cvops.info --depthwise; the route tests).
-std::vector<std::string> depthwise_cpu_plan(at::IntArrayRef input_size,
-                                            at::IntArrayRef weight_size, at::IntArrayRef stride,
-                                            at::IntArrayRef padding, at::IntArrayRef dilation,
-                                            at::ScalarType dtype, bool channels_last) {
+std::vector<std::string> depthwise_cpu_plan(at::IntArrayRef input_size, at::IntArrayRef weight_size,
+                                            at::IntArrayRef stride, at::IntArrayRef padding,
+                                            at::IntArrayRef dilation, at::ScalarType dtype,
+                                            bool channels_last) {
   constexpr const char* op = "cvops._depthwise_cpu_plan";
   TORCH_CHECK_VALUE(weight_size.size() == 4 && weight_size[1] == 1, op,
                     ": expected weight size [C_out, 1, kH, kW], got ", weight_size);

@@ -30,7 +30,6 @@
 // batch size.
 #include <ATen/Parallel.h>
 
-
 #include <algorithm>
 #include <vector>
 
@@ -98,8 +97,8 @@ Correlation forward_correlation(const DepthwiseParams& p, const Phases& ph) {
     for (int64_t kw = 0; kw < p.kernel_w; ++kw) {
       const int64_t r = kh * p.dil_h - p.pad_h, q = kw * p.dil_w - p.pad_w;
       const int64_t a = floor_mod(r, ph.sh), b = floor_mod(q, ph.sw);
-      c.add(ph.base(a, b), floor_div(r, ph.sh), floor_div(q, ph.sw), ph.rows_of(a),
-            ph.cols_of(b), kh * p.kernel_w + kw);
+      c.add(ph.base(a, b), floor_div(r, ph.sh), floor_div(q, ph.sw), ph.rows_of(a), ph.cols_of(b),
+            kh * p.kernel_w + kw);
     }
   return c;
 }
@@ -108,14 +107,13 @@ Correlation forward_correlation(const DepthwiseParams& p, const Phases& ph) {
 // input (sh * I + a, sw * J + b) = sum over the taps of that phase of w * grad(I - dr, J - dc).
 Correlation backward_input_correlation(const DepthwiseParams& p, const Phases& ph, int64_t a,
                                        int64_t b) {
-  Correlation c{ph.rows_of(a), ph.cols_of(b), ph.pitch(), ph.base(a, b), p.out_w,
-                {},           {},           {},          {},            {},      {}};
+  Correlation c{
+      ph.rows_of(a), ph.cols_of(b), ph.pitch(), ph.base(a, b), p.out_w, {}, {}, {}, {}, {}, {}};
   for (int64_t kh = 0; kh < p.kernel_h; ++kh)
     for (int64_t kw = 0; kw < p.kernel_w; ++kw) {
       const int64_t r = kh * p.dil_h - p.pad_h, q = kw * p.dil_w - p.pad_w;
       if (floor_mod(r, ph.sh) != a || floor_mod(q, ph.sw) != b) continue;
-      c.add(0, -floor_div(r, ph.sh), -floor_div(q, ph.sw), p.out_h, p.out_w,
-            kh * p.kernel_w + kw);
+      c.add(0, -floor_div(r, ph.sh), -floor_div(q, ph.sw), p.out_h, p.out_w, kh * p.kernel_w + kw);
     }
   return c;
 }
@@ -129,7 +127,7 @@ struct SlotTable {
   std::vector<uint16_t> mask;    // [slot][tap]: valid lanes whose tap reads inside its plane
   std::vector<int64_t> tap_off;  // per tap: off + dr * pitch + dc
   std::vector<int64_t> widx;     // per tap: weight index
-  bool stream = false;  // whole aligned output vectors with non-temporal stores
+  bool stream = false;           // whole aligned output vectors with non-temporal stores
 };
 
 // Lane masks by vector compares on the lanes' output coordinates (oh, ow): a 112x112 plane
@@ -163,8 +161,7 @@ CVOPS_TARGET_AVX512 SlotTable build_slot_table(const Correlation& c) {
         ow = _mm512_mask_sub_epi32(ow, wrap, ow, out_w);
         oh = _mm512_mask_add_epi32(oh, wrap, oh, _mm512_set1_epi32(1));
       }
-      const __m512i e =
-          _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(s * kLanes)));
+      const __m512i e = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(s * kLanes)));
       valid = _mm512_cmplt_epi32_mask(e, total);
       tab.out_off[s] = c.out_base + s * kLanes;
       tab.in_off[s] = s * kLanes;
@@ -181,11 +178,9 @@ CVOPS_TARGET_AVX512 SlotTable build_slot_table(const Correlation& c) {
       const __m512i ih = _mm512_add_epi32(oh, _mm512_set1_epi32(static_cast<int32_t>(c.dr[t])));
       const __m512i iw = _mm512_add_epi32(ow, _mm512_set1_epi32(static_cast<int32_t>(c.dc[t])));
       __mmask16 m = _mm512_mask_cmpge_epi32_mask(valid, ih, zero);
-      m = _mm512_mask_cmplt_epi32_mask(
-          m, ih, _mm512_set1_epi32(static_cast<int32_t>(c.lim_h[t])));
+      m = _mm512_mask_cmplt_epi32_mask(m, ih, _mm512_set1_epi32(static_cast<int32_t>(c.lim_h[t])));
       m = _mm512_mask_cmpge_epi32_mask(m, iw, zero);
-      m = _mm512_mask_cmplt_epi32_mask(
-          m, iw, _mm512_set1_epi32(static_cast<int32_t>(c.lim_w[t])));
+      m = _mm512_mask_cmplt_epi32_mask(m, iw, _mm512_set1_epi32(static_cast<int32_t>(c.lim_w[t])));
       tab.mask[s * tab.taps + t] = m;
     }
   }
@@ -209,8 +204,7 @@ struct ColumnStreams {
 // Splits plane x into its even and odd column planes at dst.
 CVOPS_TARGET_AVX512 void split_columns(float* __restrict dst, const float* __restrict x,
                                        const Phases& ph) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
-                                         28, 30);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const int64_t W = ph.width, C = ph.cols;
   const ColumnStreams cs(ph);
@@ -241,8 +235,7 @@ CVOPS_TARGET_AVX512 void split_columns(float* __restrict dst, const float* __res
 // The inverse: interleaves the even and odd column planes at src into the plane x.
 CVOPS_TARGET_AVX512 void merge_columns(float* __restrict x, const float* __restrict src,
                                        const Phases& ph) {
-  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
-                                           23);
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(8));
   const int64_t W = ph.width, C = ph.cols;
   const ColumnStreams cs(ph);
@@ -283,8 +276,9 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_slots(float* const
   // (the hardware prefetchers do not keep up with these masked loads on their own)
   for (int g = 0; g < G; ++g) {
     if (T > 0)
-      _mm_prefetch(reinterpret_cast<const char*>(in[g] + in_off[0] + tab.tap_off[T - 1]) +
-                       kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(
+          reinterpret_cast<const char*>(in[g] + in_off[0] + tab.tap_off[T - 1]) + kPrefetchBytes,
+          _MM_HINT_T0);
   }
   for (int64_t t = 0; t < T; ++t) {
     const __m512 wt = _mm512_set1_ps(w[t]);
@@ -310,8 +304,8 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_slots(float* const
 }
 
 template <int G>
-CVOPS_TARGET_AVX512 void correlate_planes(float* const* out, const float* const* in,
-                                          const float* w, float init, const SlotTable& tab) {
+CVOPS_TARGET_AVX512 void correlate_planes(float* const* out, const float* const* in, const float* w,
+                                          float init, const SlotTable& tab) {
   constexpr int U = 8 / G;
   const __m512 init_v = _mm512_set1_ps(init);
   int64_t s = 0;
@@ -319,8 +313,8 @@ CVOPS_TARGET_AVX512 void correlate_planes(float* const* out, const float* const*
   for (; s < tab.slots; ++s) correlate_slots<G, 1>(out, in, w, init_v, tab, s);
 }
 
-void correlate_group(int G, float* const* out, const float* const* in, const float* w,
-                     float init, const SlotTable& tab) {
+void correlate_group(int G, float* const* out, const float* const* in, const float* w, float init,
+                     const SlotTable& tab) {
   switch (G) {
     case 8: correlate_planes<8>(out, in, w, init, tab); break;
     case 4: correlate_planes<4>(out, in, w, init, tab); break;
@@ -392,9 +386,11 @@ void run_channels(const Job& job, int64_t batch, int64_t channels, int64_t begin
 // t0 + j), for j < TC, in the order slot, image; acc_bias += sum of g. Each tap's mask serves
 // the G images. The prefetches run `ahead` bytes in front of the loads (g_ahead 0: none).
 template <int TC, int G, bool kBias>
-CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void dot_images(
-    __m512* acc, __m512& acc_bias, const float* const* gp, const float* const* xp,
-    const SlotTable& tab, int64_t t0, int64_t g_ahead, int64_t x_ahead) {
+CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void dot_images(__m512* acc, __m512& acc_bias,
+                                                               const float* const* gp,
+                                                               const float* const* xp,
+                                                               const SlotTable& tab, int64_t t0,
+                                                               int64_t g_ahead, int64_t x_ahead) {
   const int64_t T = tab.taps;
   const int64_t* off = tab.tap_off.data() + t0;
   for (int64_t s = 0; s < tab.slots; ++s) {
@@ -405,8 +401,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void dot_images(
       // (the hardware prefetchers do not keep up with these masked loads on their own)
       if (g_ahead != 0)
         _mm_prefetch(reinterpret_cast<const char*>(gp[i] + o) + g_ahead, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(xp[i] + in + off[TC - 1]) + x_ahead,
-                   _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(xp[i] + in + off[TC - 1]) + x_ahead, _MM_HINT_T0);
       gv[i] = _mm512_maskz_loadu_ps(tab.valid[s], gp[i] + o);
       if (kBias) acc_bias = _mm512_add_ps(acc_bias, gv[i]);
     }
@@ -460,8 +455,8 @@ CVOPS_TARGET_AVX512 void dot_taps(float* res, const DotJob& job, int64_t c, cons
     }
     const int64_t g_ahead = small ? 0 : kPrefetchBytes;
     const int64_t x_ahead = job.phases.split() ? 0
-                            : small             ? G * x_image * int64_t(sizeof(float))
-                                                : kPrefetchBytes;
+                            : small            ? G * x_image * int64_t(sizeof(float))
+                                               : kPrefetchBytes;
 #define CVOPS_DW_DOT_IMAGES(GG) \
   dot_images<TC, GG, kBias>(acc, acc_bias, gp, xp, tab, t0, g_ahead, x_ahead)
     switch (G) {
@@ -481,8 +476,8 @@ CVOPS_TARGET_AVX512 void dot_taps(float* res, const DotJob& job, int64_t c, cons
 constexpr int64_t kMaxTapsPerPass = 12;
 
 template <bool kBias>
-void dot_taps_chunk(int64_t count, float* res, const DotJob& job, int64_t c,
-                    const SlotTable& tab, int64_t t0, Scratch& buf) {
+void dot_taps_chunk(int64_t count, float* res, const DotJob& job, int64_t c, const SlotTable& tab,
+                    int64_t t0, Scratch& buf) {
 #define CVOPS_DW_DOT(TC) dot_taps<TC, kBias>(res, job, c, tab, t0, buf)
   switch (count) {
     case 1: CVOPS_DW_DOT(1); break;
@@ -507,8 +502,8 @@ void dot_taps_chunk(int64_t count, float* res, const DotJob& job, int64_t c,
 }  // namespace
 
 bool masked_applies(const DepthwiseCall& call, DepthwiseDirection direction) {
-  return CVOPS_DW_MASKED && direction != DepthwiseDirection::kBackward &&
-         avx512_float_nchw(call) && call.p.stride_h <= 2 && call.p.stride_w <= 2;
+  return CVOPS_DW_MASKED && direction != DepthwiseDirection::kBackward && avx512_float_nchw(call) &&
+         call.p.stride_h <= 2 && call.p.stride_w <= 2;
 }
 
 #if CVOPS_DW_MASKED
@@ -522,8 +517,7 @@ void run_job(Job& job, const DepthwiseParams& p) {
   for (SlotTable& tab : job.tables) tab.stream = stream;
   int64_t work = 0;
   for (const SlotTable& tab : job.tables) work += tab.slots * kLanes * tab.taps;
-  at::parallel_for(0, p.channels, parallel_grain(p.batch * work), [&](int64_t begin,
-                                                                   int64_t end) {
+  at::parallel_for(0, p.channels, parallel_grain(p.batch * work), [&](int64_t begin, int64_t end) {
     run_channels(job, p.batch, p.channels, begin, end);
     if (stream) _mm_sfence();  // the streamed stores are visible before the op returns
   });
@@ -547,8 +541,8 @@ void masked_forward(const at::Tensor& input, const at::Tensor& weight, const at:
   run_job(job, p);
 }
 
-void masked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
-                           at::Tensor& grad_input, const DepthwiseParams& p) {
+void masked_backward_input(const at::Tensor& grad, const at::Tensor& weight, at::Tensor& grad_input,
+                           const DepthwiseParams& p) {
   const Phases ph = input_phases(p);
   Job job{grad.const_data_ptr<float>(),
           p.out_h * p.out_w,
@@ -576,8 +570,12 @@ void masked_backward_weight(const at::Tensor& grad, const at::Tensor& input, at:
   // Taps per pass: as even as possible, at most kMaxTapsPerPass.
   const int64_t passes = (T + kMaxTapsPerPass - 1) / kMaxTapsPerPass;
   const int64_t per_pass = (T + passes - 1) / passes;
-  const DotJob job{grad.const_data_ptr<float>(), p.out_h * p.out_w, input.const_data_ptr<float>(),
-                   p.height * p.width,        ph,                p.batch,
+  const DotJob job{grad.const_data_ptr<float>(),
+                   p.out_h * p.out_w,
+                   input.const_data_ptr<float>(),
+                   p.height * p.width,
+                   ph,
+                   p.batch,
                    p.channels};
   at::parallel_for(0, p.channels, parallel_grain(p.batch * tab.slots * kLanes * T),
                    [&](int64_t begin, int64_t end) {

@@ -115,9 +115,8 @@ CVOPS_ALWAYS_INLINE inline void fused_dot_body(acc_t* lanes, const acc_t* __rest
 // The bodies above in simd::dispatch_isa's baseline or AVX2+FMA function.
 template <int T, bool accumulate, typename acc_t>
 void fused_row(acc_t* dst, const acc_t* const* src, const acc_t* w, acc_t init, int64_t n) {
-  simd::dispatch_isa<simd::MaxIsa::kAvx2>([&](auto) CVOPS_ALWAYS_INLINE {
-    fused_row_body<T, accumulate>(dst, src, w, init, n);
-  });
+  simd::dispatch_isa<simd::MaxIsa::kAvx2>(
+      [&](auto) CVOPS_ALWAYS_INLINE { fused_row_body<T, accumulate>(dst, src, w, init, n); });
 }
 
 template <int T, typename acc_t>
@@ -219,8 +218,8 @@ std::vector<RowCopy> padded_copies(const DepthwiseParams& p, const PhaseLayout& 
     for (int64_t r = 0; r < s; ++r) {
       const int64_t iw0 = ((r - p.pad_w) % s + s) % s;  // first column of phase r
       if (iw0 >= p.width) continue;
-      copies.push_back({ih * p.width + iw0, lay.at(ih + p.pad_h, iw0 + p.pad_w),
-                        (p.width - 1 - iw0) / s + 1});
+      copies.push_back(
+          {ih * p.width + iw0, lay.at(ih + p.pad_h, iw0 + p.pad_w), (p.width - 1 - iw0) / s + 1});
     }
   }
   return copies;
@@ -299,8 +298,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight, const at::T
       fill_padded(q.data(), x + task * in_plane, copies, p.stride_w);
       for (int64_t m = 0; m < M; ++m) {
         const int64_t co = ci * M + m;
-        for (int64_t t = 0; t < KK; ++t)
-          taps[t] = {offsets[t], static_cast<acc_t>(w[co * KK + t])};
+        for (int64_t t = 0; t < KK; ++t) taps[t] = {offsets[t], static_cast<acc_t>(w[co * KK + t])};
         const acc_t init = b ? static_cast<acc_t>(b[co]) : acc_t(0);
         sum_taps(flat.data(), q.data(), taps.data(), KK, init, E);
         // task * M + m == n * C_out + co
@@ -319,14 +317,14 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight, const at::T
 // ---------------------------------------------------------------------------------------
 
 struct InputPhase {
-  int64_t rh, rw;            // phase
-  int64_t i0, i1, j0, j1;    // (I, J) range that maps back onto real input pixels
+  int64_t rh, rw;          // phase
+  int64_t i0, i1, j0, j1;  // (I, J) range that maps back onto real input pixels
   std::vector<int64_t> offsets, weight_index, channel;  // per tap: in gpad, in w, m
 };
 
 template <typename scalar_t>
-void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
-                         at::Tensor& grad_input, const DepthwiseParams& p) {
+void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight, at::Tensor& grad_input,
+                         const DepthwiseParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const PhaseLayout lay = input_layout(p);
   const int64_t KH = p.kernel_h, KW = p.kernel_w, KK = KH * KW, M = p.multiplier;
@@ -380,8 +378,8 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
       const int64_t ci = task % p.channels;
       // (gpad's margins are never written: zeroed once, at allocation)
       for (int64_t m = 0; m < M; ++m)
-        copy_rows(gpad.data() + m * gplane + mh * gcols + mw, gcols,
-                  g + (task * M + m) * out_plane, OW, OH, OW);
+        copy_rows(gpad.data() + m * gplane + mh * gcols + mw, gcols, g + (task * M + m) * out_plane,
+                  OW, OH, OW);
       scalar_t* gip = gi + task * in_plane;
       for (const InputPhase& ph : phases) {
         const int64_t count = static_cast<int64_t>(ph.offsets.size());
@@ -394,8 +392,8 @@ void backward_input_impl(const at::Tensor& grad, const at::Tensor& weight,
         sum_taps(flat.data(), gpad.data() + e0, taps.data(), count, acc_t(0), n);
         // Phase pixel (I, J) is input pixel (I * sh + rh - pad_h, J * sw + rw - pad_w).
         if (sw == 1) {
-          copy_rows(gip + (ph.i0 * sh + ph.rh - p.pad_h) * W + ph.j0 - p.pad_w, sh * W,
-                    flat.data(), gcols, ph.i1 - ph.i0 + 1, ph.j1 - ph.j0 + 1);
+          copy_rows(gip + (ph.i0 * sh + ph.rh - p.pad_h) * W + ph.j0 - p.pad_w, sh * W, flat.data(),
+                    gcols, ph.i1 - ph.i0 + 1, ph.j1 - ph.j0 + 1);
           continue;
         }
         for (int64_t I = ph.i0; I <= ph.i1; ++I) {
@@ -434,30 +432,31 @@ void backward_weight_impl(const at::Tensor& grad, const at::Tensor& input, at::T
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   acc_t* res = result.mutable_data_ptr<acc_t>();  // [C_out][KK + 1]: taps, then bias
-  at::parallel_for(0, C, parallel_grain(p.batch * OH * OW * KK * M), [&](int64_t begin,
-                                                                         int64_t end) {
-    std::vector<acc_t> q(ones_at + E, acc_t(0));
-    std::fill(q.begin() + ones_at, q.end(), acc_t(1));
-    std::vector<acc_t> gflat(E, acc_t(0));  // gap columns and the rounding stay zero
-    std::vector<acc_t> lanes(M * taps * L);
-    for (int64_t ci = begin; ci < end; ++ci) {
-      std::fill(lanes.begin(), lanes.end(), acc_t(0));
-      for (int64_t n = 0; n < p.batch; ++n) {
-        fill_padded(q.data(), x + (n * C + ci) * in_plane, copies, p.stride_w);
-        for (int64_t m = 0; m < M; ++m) {
-          copy_rows(gflat.data(), lay.cols, g + ((n * C + ci) * M + m) * out_plane, OW, OH, OW);
-          dot_taps(lanes.data() + m * taps * L, gflat.data(), q.data(), offsets.data(), taps, E);
+  at::parallel_for(
+      0, C, parallel_grain(p.batch * OH * OW * KK * M), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> q(ones_at + E, acc_t(0));
+        std::fill(q.begin() + ones_at, q.end(), acc_t(1));
+        std::vector<acc_t> gflat(E, acc_t(0));  // gap columns and the rounding stay zero
+        std::vector<acc_t> lanes(M * taps * L);
+        for (int64_t ci = begin; ci < end; ++ci) {
+          std::fill(lanes.begin(), lanes.end(), acc_t(0));
+          for (int64_t n = 0; n < p.batch; ++n) {
+            fill_padded(q.data(), x + (n * C + ci) * in_plane, copies, p.stride_w);
+            for (int64_t m = 0; m < M; ++m) {
+              copy_rows(gflat.data(), lay.cols, g + ((n * C + ci) * M + m) * out_plane, OW, OH, OW);
+              dot_taps(lanes.data() + m * taps * L, gflat.data(), q.data(), offsets.data(), taps,
+                       E);
+            }
+          }
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t t = 0; t < taps; ++t) {
+              const acc_t* l = lanes.data() + (m * taps + t) * L;
+              acc_t sum = 0;
+              for (int64_t i = 0; i < L; ++i) sum += l[i];
+              res[(ci * M + m) * taps + t] = sum;
+            }
         }
-      }
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t t = 0; t < taps; ++t) {
-          const acc_t* l = lanes.data() + (m * taps + t) * L;
-          acc_t sum = 0;
-          for (int64_t i = 0; i < L; ++i) sum += l[i];
-          res[(ci * M + m) * taps + t] = sum;
-        }
-    }
-  });
+      });
 }
 
 }  // namespace
@@ -475,8 +474,8 @@ void plane_forward(const at::Tensor& input, const at::Tensor& weight, const at::
                                   [&] { forward_impl<scalar_t>(input, w, b, output, p); });
 }
 
-void plane_backward_input(const at::Tensor& grad, const at::Tensor& weight,
-                          at::Tensor& grad_input, const DepthwiseParams& p) {
+void plane_backward_input(const at::Tensor& grad, const at::Tensor& weight, at::Tensor& grad_input,
+                          const DepthwiseParams& p) {
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "cvops_depthwise_conv2d_backward_input_cpu",

@@ -290,8 +290,8 @@ CVOPS_TARGET_AVX512 void correlate_channels(const Job& j, const Columns& cols, i
 // not stay in L1). dst and src point at the band's first column.
 template <int K, int B>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void correlate_band(
-    float* dst, const float* src, const DepthwiseParams geo, const __m512 (&w)[K][K],
-    __m512 init, const uint16_t* mask, const uint16_t* valid, bool stream) {
+    float* dst, const float* src, const DepthwiseParams geo, const __m512 (&w)[K][K], __m512 init,
+    const uint16_t* mask, const uint16_t* valid, bool stream) {
   // (at 7x7 the 49 taps do not fit in registers beside the accumulators: the FMAs read them
   // from the stack, an L1 load each, still fewer loads than loading every tap's input)
   __m512 acc[B][K];
@@ -348,13 +348,12 @@ CVOPS_TARGET_AVX512 void correlate_short_band(int64_t count, float* dst, const f
 }
 
 template <int K, int B>
-CVOPS_TARGET_AVX512 void correlate_wide_channels(const Job& j, const Columns& cols,
-                                                 int64_t begin, int64_t end) {
+CVOPS_TARGET_AVX512 void correlate_wide_channels(const Job& j, const Columns& cols, int64_t begin,
+                                                 int64_t end) {
   const DepthwiseParams geo = j.p;
   const int64_t src_plane = geo.height * geo.width, dst_plane = geo.out_h * geo.out_w;
   const int64_t src_image = geo.channels * src_plane, dst_image = geo.channels * dst_plane;
-  const bool stream =
-      output_streams(geo.batch * geo.channels * dst_plane * int64_t(sizeof(float)));
+  const bool stream = output_streams(geo.batch * geo.channels * dst_plane * int64_t(sizeof(float)));
   // A large output whose rows are not whole lines (56 wide: every other row starts mid-line)
   // is staged: each plane is computed into a scratch plane at the same offset within a line,
   // still in L1, and streamed out whole lines at a time (stream_floats). Streaming the chunks
@@ -377,8 +376,8 @@ CVOPS_TARGET_AVX512 void correlate_wide_channels(const Job& j, const Columns& co
         const uint16_t* valid = cols.valid.data() + ch;
         const int64_t at = ch * kLanes;
         // (the row's last band may be short)
-        correlate_short_band<K, B>(std::min<int64_t>(B, cols.chunks - ch), out + at, src + at,
-                                   geo, w, init, mask, valid, stream && !staged);
+        correlate_short_band<K, B>(std::min<int64_t>(B, cols.chunks - ch), out + at, src + at, geo,
+                                   w, init, mask, valid, stream && !staged);
       }
       if (staged) stream_floats(dst, out, dst_plane);
     }
@@ -465,8 +464,8 @@ CVOPS_TARGET_AVX512 void weight_grad_channel(const Job& j, const Columns& cols, 
         gp[i] = g_base + i * g_image + ch * kLanes - 8 * i;
         xp[i] = x_base + i * x_image + ch * kLanes - p.pad_h * x_w - p.pad_w - 8 * i;
       }
-      const __mmask16 row_mask[2] = {
-          lanes_below(p.width), static_cast<__mmask16>(both ? lanes_below(p.width) << 8 : 0)};
+      const __mmask16 row_mask[2] = {lanes_below(p.width),
+                                     static_cast<__mmask16>(both ? lanes_below(p.width) << 8 : 0)};
       const __mmask16 outputs = valid[0] | valid[P - 1];
       __m512 ring[K];
 #pragma GCC unroll 16
@@ -584,9 +583,9 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void weight_grad_band(
 // weight_grad_band for a band of `count` <= B chunks.
 template <int K, int B>
 CVOPS_TARGET_AVX512 void weight_grad_short_band(int64_t count, __m512 (&acc)[K][K],
-                                                __m512& acc_bias, const float* gp,
-                                                const float* xp, const DepthwiseParams& p,
-                                                const uint16_t* mask, const uint16_t* valid) {
+                                                __m512& acc_bias, const float* gp, const float* xp,
+                                                const DepthwiseParams& p, const uint16_t* mask,
+                                                const uint16_t* valid) {
   if (count == B) {
     weight_grad_band<K, B>(acc, acc_bias, gp, xp, p, mask, valid);
   } else if constexpr (B > 1) {
@@ -595,8 +594,7 @@ CVOPS_TARGET_AVX512 void weight_grad_short_band(int64_t count, __m512 (&acc)[K][
 }
 
 template <int K, int B>
-CVOPS_TARGET_AVX512 void weight_grad_wide_channel(const Job& j, const Columns& cols,
-                                                  int64_t c) {
+CVOPS_TARGET_AVX512 void weight_grad_wide_channel(const Job& j, const Columns& cols, int64_t c) {
   const DepthwiseParams& p = j.p;
   const int64_t g_plane = p.out_h * p.out_w, x_plane = p.height * p.width;
   const int64_t g_image = p.channels * g_plane, x_image = p.channels * x_plane;
@@ -633,8 +631,8 @@ constexpr int kImages = 2;  // 2 x (3 kept + 3 new tap vectors) + 9 taps fit the
 // Per call, per column chunk: the output lanes and the masks of the two load pairs.
 struct Columns {
   int64_t chunks;
-  int64_t q0;        // the first load pair starts at input column 32 * chunk + 2 * q0
-  bool odd_first;    // d = -pad_w is odd: kw 0 takes pair 0's odd lanes, kw 1 and 2 pair 1's
+  int64_t q0;      // the first load pair starts at input column 32 * chunk + 2 * q0
+  bool odd_first;  // d = -pad_w is odd: kw 0 takes pair 0's odd lanes, kw 1 and 2 pair 1's
   std::vector<uint16_t> valid;  // [chunk]
   std::vector<uint16_t> mask;   // [chunk][pair][lo, hi]
 };
@@ -733,7 +731,7 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void walk_chunk(const float* cons
   // (the masks as values: read through `m` they were reloaded for every row)
   const __mmask16 masks[4] = {m[0], m[1], kShort ? __mmask16(0) : m[2],
                               kShort ? __mmask16(0) : m[3]};
-  const auto columns = [&](__m512 (&v)[3], int g, int64_t i, auto checked) CVOPS_AVX512_LAMBDA {
+  const auto columns = [&](__m512(&v)[3], int g, int64_t i, auto checked) CVOPS_AVX512_LAMBDA {
     const bool inside = !decltype(checked)::value || (i >= 0 && i < in_h);
     tap_columns<kOddFirst, kShort>(v, in[g] + i * in_w, inside, masks, even, odd);
   };
@@ -781,9 +779,9 @@ CVOPS_TARGET_AVX512 void forward_channels(const Job& j, const Columns& cols, int
         }
         // output row r of one image from the tap vectors of its three input rows: a sum per
         // kernel row (three chains of three FMAs, not one of nine)
-        const auto output_row = [&](float* o, int64_t r, const __m512 (&kept)[3],
-                                    const __m512 (&v1)[3],
-                                    const __m512 (&v2)[3]) CVOPS_AVX512_LAMBDA {
+        const auto output_row = [&](float* o, int64_t r, const __m512(&kept)[3],
+                                    const __m512(&v1)[3],
+                                    const __m512(&v2)[3]) CVOPS_AVX512_LAMBDA {
           __m512 a0 = init, a1 = _mm512_mul_ps(w[1][0], v1[0]), a2 = _mm512_mul_ps(w[2][0], v2[0]);
           a0 = _mm512_fmadd_ps(w[0][0], kept[0], a0);
 #pragma GCC unroll 2
@@ -908,10 +906,9 @@ InputColumns input_columns_of(const DepthwiseParams& p) {
 // One chunk of 32 input columns of G images of one channel.
 template <bool kOddPad, int G>
 CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void input_grad_chunk(
-    float* const* gi, const float* const* grad, const DepthwiseParams& p,
-    const InputColumns& cols, const __m512 (&w)[3][3], int64_t ch) {
-  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
-                                           23);
+    float* const* gi, const float* const* grad, const DepthwiseParams& p, const InputColumns& cols,
+    const __m512 (&w)[3][3], int64_t ch) {
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(8));
   const int64_t in_h = p.height, in_w = p.width, out_h = p.out_h, out_w = p.out_w;
   const __mmask16 m0 = cols.mask[ch * 2], m1 = cols.mask[ch * 2 + 1];
@@ -957,9 +954,8 @@ CVOPS_TARGET_AVX512 CVOPS_ALWAYS_INLINE inline void input_grad_chunk(
 }
 
 template <bool kOddPad>
-CVOPS_TARGET_AVX512 void input_grad_channels(const Job& j,
-                                                     const InputColumns& cols,
-                                                     int64_t begin, int64_t end) {
+CVOPS_TARGET_AVX512 void input_grad_channels(const Job& j, const InputColumns& cols, int64_t begin,
+                                             int64_t end) {
   const DepthwiseParams& p = j.p;
   const int64_t in_plane = p.height * p.width, out_plane = p.out_h * p.out_w;
   for (int64_t c = begin; c < end; ++c) {
@@ -1038,7 +1034,7 @@ CVOPS_TARGET_AVX512 void backward_channel(const Job& j, int64_t c) {
       m[i] = i == 0 || both ? static_cast<__mmask16>(row << (8 * i)) : 0;
       const int64_t offset = (n + i) * image + c * plane - 8 * i;
       gp[i] = j.grad + offset;
-      xp[i] = j.src + offset;  // input row t - 1 once t >= 1
+      xp[i] = j.src + offset;   // input row t - 1 once t >= 1
       gip[i] = j.dst + offset;  // grad_input row t - 1 once t >= 1
     }
     const __mmask16 outputs = P == 2 ? m[0] | m[P - 1] : m[0];
@@ -1125,9 +1121,9 @@ bool correlation_applies(const DepthwiseCall& call, const DepthwiseParams& g) {
 
 bool stride2_512_applies(const DepthwiseCall& call, DepthwiseDirection direction) {
   const DepthwiseParams& p = call.p;
-  return direction != DepthwiseDirection::kBackward && avx512_float_nchw(call) &&
-         p.stride_h == 2 && p.stride_w == 2 && p.undilated() && p.square(3) && p.out_h > 0 &&
-         p.out_w > 0 && p.out_w <= kStride2MaxWidth && p.pad_h >= 0 && p.pad_w >= 0;
+  return direction != DepthwiseDirection::kBackward && avx512_float_nchw(call) && p.stride_h == 2 &&
+         p.stride_w == 2 && p.undilated() && p.square(3) && p.out_h > 0 && p.out_w > 0 &&
+         p.out_w <= kStride2MaxWidth && p.pad_h >= 0 && p.pad_w >= 0;
 }
 
 bool rows512_applies(const DepthwiseCall& call, DepthwiseDirection direction) {
@@ -1151,10 +1147,15 @@ bool backward512_applies(const DepthwiseCall& call, DepthwiseDirection direction
          p.width >= 1 && p.width < kLanes && p.height >= 1;
 }
 
-void stride2_512_forward(const at::Tensor& input, const at::Tensor& weight,
-                         const at::Tensor& bias, at::Tensor& output, const DepthwiseParams& p) {
-  const Job j{input.const_data_ptr<float>(), nullptr, weight.const_data_ptr<float>(),
-              data_or_null(bias), output.mutable_data_ptr<float>(), nullptr, p};
+void stride2_512_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                         at::Tensor& output, const DepthwiseParams& p) {
+  const Job j{input.const_data_ptr<float>(),
+              nullptr,
+              weight.const_data_ptr<float>(),
+              data_or_null(bias),
+              output.mutable_data_ptr<float>(),
+              nullptr,
+              p};
   const stride2::Columns cols = stride2::columns_of(p);
   stride2::over_channels(p, cols.chunks, [&](int64_t begin, int64_t end) {
     if (cols.odd_first)
@@ -1166,8 +1167,9 @@ void stride2_512_forward(const at::Tensor& input, const at::Tensor& weight,
 
 void stride2_512_backward_input(const at::Tensor& grad, const at::Tensor& weight,
                                 at::Tensor& grad_input, const DepthwiseParams& p) {
-  const Job j{nullptr, grad.const_data_ptr<float>(), weight.const_data_ptr<float>(), nullptr,
-              grad_input.mutable_data_ptr<float>(), nullptr, p};
+  const Job j{nullptr, grad.const_data_ptr<float>(),         weight.const_data_ptr<float>(),
+              nullptr, grad_input.mutable_data_ptr<float>(), nullptr,
+              p};
   const stride2::InputColumns cols = stride2::input_columns_of(p);
   stride2::over_channels(p, cols.chunks, [&](int64_t begin, int64_t end) {
     if (p.pad_w % 2 != 0)
@@ -1179,8 +1181,13 @@ void stride2_512_backward_input(const at::Tensor& grad, const at::Tensor& weight
 
 void stride2_512_backward_weight(const at::Tensor& grad, const at::Tensor& input,
                                  at::Tensor& result, const DepthwiseParams& p) {
-  const Job j{input.const_data_ptr<float>(), grad.const_data_ptr<float>(), nullptr, nullptr,
-              nullptr, result.mutable_data_ptr<float>(), p};
+  const Job j{input.const_data_ptr<float>(),
+              grad.const_data_ptr<float>(),
+              nullptr,
+              nullptr,
+              nullptr,
+              result.mutable_data_ptr<float>(),
+              p};
   const stride2::Columns cols = stride2::columns_of(p);
   stride2::over_channels(p, cols.chunks, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
@@ -1212,8 +1219,13 @@ void rows512_backward_input(const at::Tensor& grad, const at::Tensor& weight,
 
 void rows512_backward_weight(const at::Tensor& grad, const at::Tensor& input, at::Tensor& result,
                              const DepthwiseParams& p) {
-  const Job j{input.const_data_ptr<float>(), grad.const_data_ptr<float>(), nullptr, nullptr,
-              nullptr, result.mutable_data_ptr<float>(), p};
+  const Job j{input.const_data_ptr<float>(),
+              grad.const_data_ptr<float>(),
+              nullptr,
+              nullptr,
+              nullptr,
+              result.mutable_data_ptr<float>(),
+              p};
   const Columns cols = columns_of(p);
   const int64_t work = p.batch * p.out_h * cols.chunks * kLanes * p.kernel_h * p.kernel_h;
   const bool paired = p.out_w <= kLanes / 2;
@@ -1232,12 +1244,15 @@ void rows512_backward_weight(const at::Tensor& grad, const at::Tensor& input, at
   });
 }
 
-void backward512_backward(const at::Tensor& grad, const at::Tensor& input,
-                          const at::Tensor& weight, at::Tensor& grad_input, at::Tensor& result,
-                          const DepthwiseParams& p) {
-  const Job j{input.const_data_ptr<float>(), grad.const_data_ptr<float>(),
-              weight.const_data_ptr<float>(), nullptr, grad_input.mutable_data_ptr<float>(),
-              result.mutable_data_ptr<float>(), p};
+void backward512_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                          at::Tensor& grad_input, at::Tensor& result, const DepthwiseParams& p) {
+  const Job j{input.const_data_ptr<float>(),
+              grad.const_data_ptr<float>(),
+              weight.const_data_ptr<float>(),
+              nullptr,
+              grad_input.mutable_data_ptr<float>(),
+              result.mutable_data_ptr<float>(),
+              p};
   const bool paired = p.width < kLanes / 2;
   const int64_t work = p.batch * p.height * kLanes * 2 * 9 / (paired ? 2 : 1);
   at::parallel_for(0, p.channels, parallel_grain(work), [&](int64_t begin, int64_t end) {
@@ -1261,12 +1276,12 @@ bool rows512_applies(const DepthwiseCall&, DepthwiseDirection) { return false; }
 bool backward512_applies(const DepthwiseCall&, DepthwiseDirection) { return false; }
 
 // (never called: the dispatcher runs a kernel only where its *_applies said yes)
-#define CVOPS_DW_STUBS(name)                                                                 \
-  void name##_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,  \
-                      const DepthwiseParams&) {}                                             \
-  void name##_backward_input(const at::Tensor&, const at::Tensor&, at::Tensor&,              \
-                             const DepthwiseParams&) {}                                      \
-  void name##_backward_weight(const at::Tensor&, const at::Tensor&, at::Tensor&,             \
+#define CVOPS_DW_STUBS(name)                                                                \
+  void name##_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, \
+                      const DepthwiseParams&) {}                                            \
+  void name##_backward_input(const at::Tensor&, const at::Tensor&, at::Tensor&,             \
+                             const DepthwiseParams&) {}                                     \
+  void name##_backward_weight(const at::Tensor&, const at::Tensor&, at::Tensor&,            \
                               const DepthwiseParams&) {}
 CVOPS_DW_STUBS(stride2_512)
 CVOPS_DW_STUBS(rows512)

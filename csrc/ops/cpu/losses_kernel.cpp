@@ -36,7 +36,6 @@
 #include "ops/losses.h"
 #include "ops/losses_checks.h"
 
-
 namespace cvops {
 namespace {
 
@@ -117,7 +116,6 @@ CVOPS_CPU_INLINE V masked(V m, V v) {
   return M::where(M::eq(m, M::c(0)), M::c(0), v);
 }
 
-
 template <typename F>
 void dispatch_gamma(double gamma, F&& f) {
   if (gamma == 2.0) {
@@ -146,10 +144,9 @@ inline SigmoidFocalParams sigmoid_focal_params(double alpha, double gamma) {
 // out[i] = scale[i or 0] * f(x[i], t[i]) for the focal term (grad=false) or its gradient,
 // over elements [begin, end).
 template <typename scalar_t, int G, bool kGrad, int L>
-CVOPS_CPU_INLINE void sigmoid_focal_range(const scalar_t* x, const scalar_t* t,
-                                          const scalar_t* g, bool g_full, double g_mult,
-                                          scalar_t* out, int64_t begin, int64_t end,
-                                          const SigmoidFocalParams& fp) {
+CVOPS_CPU_INLINE void sigmoid_focal_range(const scalar_t* x, const scalar_t* t, const scalar_t* g,
+                                          bool g_full, double g_mult, scalar_t* out, int64_t begin,
+                                          int64_t end, const SigmoidFocalParams& fp) {
   using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
@@ -187,13 +184,13 @@ CVOPS_CPU_INLINE void sigmoid_focal_range(const scalar_t* x, const scalar_t* t,
 }
 
 template <typename scalar_t, int G, bool kGrad>
-void sigmoid_focal_elementwise(const scalar_t* x, const scalar_t* t, const scalar_t* g,
-                               bool g_full, double g_mult, scalar_t* out, int64_t n,
+void sigmoid_focal_elementwise(const scalar_t* x, const scalar_t* t, const scalar_t* g, bool g_full,
+                               double g_mult, scalar_t* out, int64_t n,
                                const SigmoidFocalParams& fp) {
   at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
     dispatch_isa([&](auto lanes) __attribute__((always_inline)) {
-      sigmoid_focal_range<scalar_t, G, kGrad, decltype(lanes)::value>(x, t, g, g_full, g_mult,
-                                                                      out, begin, end, fp);
+      sigmoid_focal_range<scalar_t, G, kGrad, decltype(lanes)::value>(x, t, g, g_full, g_mult, out,
+                                                                      begin, end, fp);
     });
   });
 }
@@ -201,9 +198,9 @@ void sigmoid_focal_elementwise(const scalar_t* x, const scalar_t* t, const scala
 // Loss and gradient in one pass over [begin, end): loss elementwise (out != null) or summed
 // into *sum; grad scaled by g_mult.
 template <typename scalar_t, int G, int L>
-CVOPS_CPU_INLINE void sigmoid_focal_fused_range(const scalar_t* x, const scalar_t* t,
-                                                scalar_t* out, double* sum, scalar_t* grad,
-                                                double g_mult, int64_t begin, int64_t end,
+CVOPS_CPU_INLINE void sigmoid_focal_fused_range(const scalar_t* x, const scalar_t* t, scalar_t* out,
+                                                double* sum, scalar_t* grad, double g_mult,
+                                                int64_t begin, int64_t end,
                                                 const SigmoidFocalParams& fp) {
   using S = SimdT<scalar_t, L>;
   using M = typename S::M;
@@ -292,8 +289,8 @@ CVOPS_CPU_INLINE void row_chunk_stats(const scalar_t* x, const scalar_t* t, int6
 
 // stats [R, kNumStats] (double) of rows x, t [R, L].
 template <typename scalar_t>
-void row_stats(const scalar_t* x, const scalar_t* t, int64_t rows, int64_t len,
-               const StatsArgs& a, bool dice, bool focal, double* stats) {
+void row_stats(const scalar_t* x, const scalar_t* t, int64_t rows, int64_t len, const StatsArgs& a,
+               bool dice, bool focal, double* stats) {
   const int64_t chunks = std::max<int64_t>(1, (len + kRowChunk - 1) / kRowChunk);
   std::vector<double> partial(rows * chunks * kNumStats, 0.0);
   dispatch_gamma(a.fp.gamma, [&](auto gtag) {
@@ -335,9 +332,8 @@ void row_stats(const scalar_t* x, const scalar_t* t, int64_t rows, int64_t len,
 // Backward of row_stats: dx = m [(gD sign(p - t) + gP) dp/dx + gF dfocal/dx]. The flags
 // are template parameters so that the loop carries no per-element branches.
 template <typename scalar_t, int G, bool kFocal, bool kIgnore, bool kLogits, int L>
-CVOPS_CPU_INLINE void row_chunk_backward(const double* gs, const scalar_t* xr,
-                                         const scalar_t* tr, int64_t n, const StatsArgs& a,
-                                         scalar_t* out) {
+CVOPS_CPU_INLINE void row_chunk_backward(const double* gs, const scalar_t* xr, const scalar_t* tr,
+                                         int64_t n, const StatsArgs& a, scalar_t* out) {
   using S = SimdT<scalar_t, L>;
   using M = typename S::M;
   using V = typename S::V;
@@ -375,9 +371,8 @@ CVOPS_CPU_INLINE void row_chunk_backward(const double* gs, const scalar_t* xr,
 }
 
 template <typename scalar_t, int G>
-void row_stats_backward(const double* gstats, const scalar_t* x, const scalar_t* t,
-                        int64_t rows, int64_t len, const StatsArgs& a, bool focal,
-                        scalar_t* dx) {
+void row_stats_backward(const double* gstats, const scalar_t* x, const scalar_t* t, int64_t rows,
+                        int64_t len, const StatsArgs& a, bool focal, scalar_t* dx) {
   const int64_t chunks = std::max<int64_t>(1, (len + kRowChunk - 1) / kRowChunk);
   at::parallel_for(0, rows * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -414,8 +409,8 @@ struct MulticlassArgs {
 
 // Target classes of a chunk as int32 (-1 for ignored) and the lane mask m; returns the
 // position of the first out-of-range target, or -1.
-inline int64_t chunk_targets(const int64_t* y, int64_t n, int64_t padded,
-                             const MulticlassArgs& a, int32_t* cls) {
+inline int64_t chunk_targets(const int64_t* y, int64_t n, int64_t padded, const MulticlassArgs& a,
+                             int32_t* cls) {
   int64_t bad = -1;
   for (int64_t i = 0; i < padded; ++i) {
     if (i >= n) {
@@ -440,8 +435,8 @@ inline int64_t chunk_targets(const int64_t* y, int64_t n, int64_t padded,
 // p_c = e_c * inv without a second exp per class.
 template <typename scalar_t, int L>
 CVOPS_CPU_INLINE void chunk_softmax_parts(
-    const scalar_t* x, int64_t padded, const MulticlassArgs& a,
-    typename SimdT<scalar_t, L>::V* lse, typename SimdT<scalar_t, L>::V* inv,
+    const scalar_t* x, int64_t padded, const MulticlassArgs& a, typename SimdT<scalar_t, L>::V* lse,
+    typename SimdT<scalar_t, L>::V* inv,
     std::conditional_t<SimdT<scalar_t, L>::W == 1, double, float>* e) {
   using S = SimdT<scalar_t, L>;
   using M = typename S::M;
@@ -484,8 +479,8 @@ const scalar_t* chunk_view(const scalar_t* x, int64_t n, int64_t padded, const M
 }
 
 template <typename scalar_t, int G, bool kFocal, int L>
-CVOPS_CPU_INLINE int64_t multiclass_chunk_stats(const scalar_t* x_in, const int64_t* y,
-                                                int64_t n, const MulticlassArgs& a_in,
+CVOPS_CPU_INLINE int64_t multiclass_chunk_stats(const scalar_t* x_in, const int64_t* y, int64_t n,
+                                                const MulticlassArgs& a_in,
                                                 double* out /*[C, kNumStats]*/) {
   using S = SimdT<scalar_t, L>;
   using M = typename S::M;
@@ -535,8 +530,8 @@ CVOPS_CPU_INLINE int64_t multiclass_chunk_stats(const scalar_t* x_in, const int6
 }
 
 template <typename scalar_t>
-void multiclass_stats(const scalar_t* x, const int64_t* y, int64_t batch,
-                      const MulticlassArgs& a, bool focal, double* stats) {
+void multiclass_stats(const scalar_t* x, const int64_t* y, int64_t batch, const MulticlassArgs& a,
+                      bool focal, double* stats) {
   const int64_t C = a.classes, L = a.len;
   const int64_t chunks = std::max<int64_t>(1, (L + kPixChunk - 1) / kPixChunk);
   std::vector<double> partial(batch * chunks * C * kNumStats, 0.0);
@@ -581,9 +576,8 @@ void multiclass_stats(const scalar_t* x, const int64_t* y, int64_t batch,
 //        + gF_y m dfocal/dlogp_y ([c == y] - p_c)                    (softmax focal)
 template <typename scalar_t, int G, int L>
 CVOPS_CPU_INLINE void multiclass_chunk_backward(const double* gstats /*[C, kNumStats]*/,
-                                                const scalar_t* x_in, const int64_t* y,
-                                                int64_t n, const MulticlassArgs& a_in,
-                                                bool focal,
+                                                const scalar_t* x_in, const int64_t* y, int64_t n,
+                                                const MulticlassArgs& a_in, bool focal,
                                                 scalar_t* dx /*row stride a_in.len*/) {
   using S = SimdT<scalar_t, L>;
   using M = typename S::M;
@@ -599,8 +593,8 @@ CVOPS_CPU_INLINE void multiclass_chunk_backward(const double* gstats /*[C, kNumS
   a.len = stride;
   const V one = M::c(1), zero = M::c(0), gm = M::c(a.gamma);
   V lse[kPixChunk / W + 1], inv[kPixChunk / W + 1];
-  V dot[kPixChunk / W + 1], py[kPixChunk / W + 1], ly[kPixChunk / W + 1],
-      ay[kPixChunk / W + 1], gfy[kPixChunk / W + 1];
+  V dot[kPixChunk / W + 1], py[kPixChunk / W + 1], ly[kPixChunk / W + 1], ay[kPixChunk / W + 1],
+      gfy[kPixChunk / W + 1];
   // Probabilities of the chunk, as plain floats (a std::vector of SIMD vectors would not be
   // guaranteed its 32-byte alignment), accessed with unaligned copies.
   using lane_t = std::conditional_t<W == 1, double, float>;
@@ -666,8 +660,7 @@ CVOPS_CPU_INLINE void multiclass_chunk_backward(const double* gstats /*[C, kNumS
 
 template <typename scalar_t>
 void multiclass_stats_backward(const double* gstats, const scalar_t* x, const int64_t* y,
-                               int64_t batch, const MulticlassArgs& a, bool focal,
-                               scalar_t* dx) {
+                               int64_t batch, const MulticlassArgs& a, bool focal, scalar_t* dx) {
   const int64_t C = a.classes, L = a.len;
   const int64_t chunks = std::max<int64_t>(1, (L + kPixChunk - 1) / kPixChunk);
   dispatch_gamma(a.gamma, [&](auto gtag) {
@@ -691,8 +684,8 @@ void multiclass_stats_backward(const double* gstats, const scalar_t* x, const in
 // Op entry points
 // ---------------------------------------------------------------------------------------
 
-at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& input, const at::Tensor& target,
-                                  double alpha, double gamma, int64_t reduction) {
+at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& input, const at::Tensor& target, double alpha,
+                                  double gamma, int64_t reduction) {
   constexpr const char* op = "cvops.sigmoid_focal_loss";
   check_sigmoid_focal_args(op, input, target, gamma, reduction);
   const at::Tensor x = input.contiguous(), t = target.contiguous();
@@ -718,16 +711,15 @@ at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& input, const at::Tensor& tar
                           false, true, stats);
     });
   }
-  const double value = reduction == kReduceSum
-                           ? stats[kStatF]
-                           : (n > 0 ? stats[kStatF] / static_cast<double>(n)
-                                    : std::numeric_limits<double>::quiet_NaN());
+  const double value = reduction == kReduceSum ? stats[kStatF]
+                                               : (n > 0 ? stats[kStatF] / static_cast<double>(n)
+                                                        : std::numeric_limits<double>::quiet_NaN());
   return at::scalar_tensor(value, input.options());
 }
 
 at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
-                                           const at::Tensor& target, double alpha,
-                                           double gamma, int64_t reduction) {
+                                           const at::Tensor& target, double alpha, double gamma,
+                                           int64_t reduction) {
   constexpr const char* op = "cvops._sigmoid_focal_loss_backward";
   check_sigmoid_focal_args(op, input, target, gamma, reduction);
   check_sigmoid_focal_backward_args(op, grad, input, reduction);
@@ -742,8 +734,8 @@ at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     dispatch_gamma(gamma, [&](auto gtag) {
       sigmoid_focal_elementwise<scalar_t, decltype(gtag)::value, true>(
-          x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-          g.const_data_ptr<scalar_t>(), full, mult, out.mutable_data_ptr<scalar_t>(), n, fp);
+          x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
+          full, mult, out.mutable_data_ptr<scalar_t>(), n, fp);
     });
   });
   return out;
@@ -788,16 +780,15 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_focal_loss_fused_cpu(const at::Tensor
   if (none) return {out, grad};
   double total = 0;
   for (double v : partial) total += v;
-  const double value = reduction == kReduceSum
-                           ? total
-                           : (n > 0 ? total / static_cast<double>(n)
-                                    : std::numeric_limits<double>::quiet_NaN());
+  const double value = reduction == kReduceSum ? total
+                                               : (n > 0 ? total / static_cast<double>(n)
+                                                        : std::numeric_limits<double>::quiet_NaN());
   return {at::scalar_tensor(value, input.options()), grad};
 }
 
 at::Tensor loss_stats_cpu(const at::Tensor& input, const at::Tensor& target,
-                          const at::Tensor& alpha, int64_t mode, bool from_logits,
-                          bool has_ignore, int64_t ignore_index, double gamma, bool focal) {
+                          const at::Tensor& alpha, int64_t mode, bool from_logits, bool has_ignore,
+                          int64_t ignore_index, double gamma, bool focal) {
   constexpr const char* op = "cvops._loss_stats";
   check_loss_stats_args(op, input, target, alpha, mode, from_logits, gamma, focal);
   const int64_t N = input.size(0), C = input.size(1), L = input.size(2);
@@ -809,16 +800,16 @@ at::Tensor loss_stats_cpu(const at::Tensor& input, const at::Tensor& target,
   if (N * C > 0 && (L > 0 || mode == kModeMulticlass)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
       if (mode == kModeMulticlass) {
-        const MulticlassArgs a{C, L, from_logits, has_ignore, ignore_index, gamma,
-                               al.const_data_ptr<double>()};
+        const MulticlassArgs a{
+            C, L, from_logits, has_ignore, ignore_index, gamma, al.const_data_ptr<double>()};
         if (L > 0)
-          multiclass_stats<scalar_t>(x.const_data_ptr<scalar_t>(),
-                                     t.const_data_ptr<int64_t>(), N, a, focal, st);
+          multiclass_stats<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), N,
+                                     a, focal, st);
       } else {
         const StatsArgs a{from_logits, has_ignore, static_cast<double>(ignore_index),
                           sigmoid_focal_params(al.const_data_ptr<double>()[0], gamma)};
-        row_stats<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), N * C,
-                            L, a, true, focal, st);
+        row_stats<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), N * C, L, a,
+                            true, focal, st);
       }
     });
   }
@@ -826,9 +817,9 @@ at::Tensor loss_stats_cpu(const at::Tensor& input, const at::Tensor& target,
 }
 
 at::Tensor loss_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
-                                   const at::Tensor& target, const at::Tensor& alpha,
-                                   int64_t mode, bool from_logits, bool has_ignore,
-                                   int64_t ignore_index, double gamma, bool focal) {
+                                   const at::Tensor& target, const at::Tensor& alpha, int64_t mode,
+                                   bool from_logits, bool has_ignore, int64_t ignore_index,
+                                   double gamma, bool focal) {
   constexpr const char* op = "cvops._loss_stats_backward";
   check_loss_stats_args(op, input, target, alpha, mode, from_logits, gamma, focal);
   const int64_t N = input.size(0), C = input.size(1), L = input.size(2);
@@ -840,10 +831,9 @@ at::Tensor loss_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& inp
   const at::Tensor al = alpha.to(at::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     if (mode == kModeMulticlass) {
-      const MulticlassArgs a{C, L, from_logits, has_ignore, ignore_index, gamma,
-                             al.const_data_ptr<double>()};
-      multiclass_stats_backward<scalar_t>(g.const_data_ptr<double>(),
-                                          x.const_data_ptr<scalar_t>(),
+      const MulticlassArgs a{
+          C, L, from_logits, has_ignore, ignore_index, gamma, al.const_data_ptr<double>()};
+      multiclass_stats_backward<scalar_t>(g.const_data_ptr<double>(), x.const_data_ptr<scalar_t>(),
                                           t.const_data_ptr<int64_t>(), N, a, focal,
                                           out.mutable_data_ptr<scalar_t>());
     } else {
@@ -851,8 +841,8 @@ at::Tensor loss_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& inp
                         sigmoid_focal_params(al.const_data_ptr<double>()[0], gamma)};
       dispatch_gamma(gamma, [&](auto gtag) {
         row_stats_backward<scalar_t, decltype(gtag)::value>(
-            g.const_data_ptr<double>(), x.const_data_ptr<scalar_t>(),
-            t.const_data_ptr<scalar_t>(), N * C, L, a, focal, out.mutable_data_ptr<scalar_t>());
+            g.const_data_ptr<double>(), x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
+            N * C, L, a, focal, out.mutable_data_ptr<scalar_t>());
       });
     }
   });

@@ -48,9 +48,9 @@ inline uint64_t descending_key(double s) {
 template <typename scalar_t>
 struct Prepared {
   using acc_t = at::opmath_type<scalar_t>;
-  std::vector<Box<acc_t>> boxes;     // by input index
-  std::vector<acc_t> scores;         // by input index
-  std::vector<int64_t> order;        // valid boxes by (score desc, index asc)
+  std::vector<Box<acc_t>> boxes;  // by input index
+  std::vector<acc_t> scores;      // by input index
+  std::vector<int64_t> order;     // valid boxes by (score desc, index asc)
 };
 
 // Reads boxes and scores; raises on a bad box when `check_boxes`, drops it otherwise; drops
@@ -103,8 +103,7 @@ acc_t threshold_below(double threshold) {
 template <typename acc_t>
 inline bool any_iou_above(const acc_t* __restrict x1, const acc_t* __restrict y1,
                           const acc_t* __restrict x2, const acc_t* __restrict y2,
-                          const acc_t* __restrict area, int64_t m, const Box<acc_t>& a,
-                          acc_t thr) {
+                          const acc_t* __restrict area, int64_t m, const Box<acc_t>& a, acc_t thr) {
   int hit = 0;
   for (int64_t k = 0; k < m; ++k) {
     const acc_t l = x1[k] > a.x1 ? x1[k] : a.x1;
@@ -145,8 +144,8 @@ struct BoxList {
     // Blocks of 16 so a hit stops the scan early while each block stays vectorised.
     for (int64_t k = 0; k < m; k += 16) {
       const int64_t len = std::min<int64_t>(16, m - k);
-      if (any_iou_above(x1.data() + k, y1.data() + k, x2.data() + k, y2.data() + k,
-                        area.data() + k, len, a, thr)) {
+      if (any_iou_above(x1.data() + k, y1.data() + k, x2.data() + k, y2.data() + k, area.data() + k,
+                        len, a, thr)) {
         return true;
       }
     }
@@ -333,8 +332,8 @@ class GreedyNms {
 
 // Kept input indices of single-class NMS, by (score desc, index asc).
 template <typename scalar_t>
-std::vector<int64_t> nms_indices(const char* op, const at::Tensor& boxes,
-                                 const at::Tensor& scores, double threshold, bool check_boxes) {
+std::vector<int64_t> nms_indices(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
+                                 double threshold, bool check_boxes) {
   using acc_t = at::opmath_type<scalar_t>;
   Prepared<scalar_t> p;
   prepare<scalar_t>(op, boxes, scores, check_boxes, p);
@@ -364,18 +363,16 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
   return to_tensor(kept, boxes);
 }
 
-std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes,
-                                                 const at::Tensor& scores, double iou_threshold,
-                                                 int64_t max_output) {
+std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                 double iou_threshold, int64_t max_output) {
   constexpr const char* op = "cvops.nms_fixed";
   check_nms_args(op, boxes, scores, iou_threshold);
   TORCH_CHECK_VALUE(max_output >= 0, op, ": max_output must be non-negative, got ", max_output);
   at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   std::vector<int64_t> kept;
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, b.scalar_type(), "cvops_nms_fixed_cpu", [&] {
-        kept = nms_indices<scalar_t>(op, b, s, iou_threshold, /*check_boxes=*/false);
-      });
+      at::kHalf, at::kBFloat16, b.scalar_type(), "cvops_nms_fixed_cpu",
+      [&] { kept = nms_indices<scalar_t>(op, b, s, iou_threshold, /*check_boxes=*/false); });
   const int64_t count = std::min<int64_t>(static_cast<int64_t>(kept.size()), max_output);
   at::Tensor out = at::full({max_output}, -1, boxes.options().dtype(at::kLong));
   if (count > 0) std::copy(kept.begin(), kept.begin() + count, out.mutable_data_ptr<int64_t>());
@@ -430,9 +427,8 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
   at::Tensor c = idxs.to(at::kLong).contiguous();
   std::vector<int64_t> kept;
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, b.scalar_type(), "cvops_batched_nms_cpu", [&] {
-        kept = batched_nms_indices<scalar_t>(op, b, s, c, iou_threshold);
-      });
+      at::kHalf, at::kBFloat16, b.scalar_type(), "cvops_batched_nms_cpu",
+      [&] { kept = batched_nms_indices<scalar_t>(op, b, s, c, iou_threshold); });
   return to_tensor(kept, boxes);
 }
 
@@ -449,8 +445,8 @@ inline bool overlaps(const Box<acc_t>& a, const Box<acc_t>& b) {
 }
 
 template <typename acc_t>
-inline acc_t soft_weight(const Box<acc_t>& a, const Box<acc_t>& b, int64_t method,
-                         double threshold, acc_t sigma) {
+inline acc_t soft_weight(const Box<acc_t>& a, const Box<acc_t>& b, int64_t method, double threshold,
+                         acc_t sigma) {
   acc_t o = iou(a, b);
   if (o != o) o = acc_t(0);  // two empty boxes
   return soft_nms_weight(o, method, threshold, sigma);
@@ -493,7 +489,7 @@ void soft_nms_impl(const at::Tensor& boxes, const at::Tensor& scores, double thr
   prepare<scalar_t>("cvops.soft_nms", boxes, scores, /*check_boxes=*/true, p);
   std::vector<int64_t> index;  // candidates' input indices, in rank order
   std::vector<Box<acc_t>> box;
-  std::vector<acc_t> cur;      // current scores
+  std::vector<acc_t> cur;  // current scores
   for (int64_t i : p.order) {
     if (static_cast<double>(p.scores[i]) >= score_threshold) {
       index.push_back(i);
@@ -595,11 +591,12 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const a
         soft_nms_impl<scalar_t>(b, s, iou_threshold, sigma, score_threshold, method, idx, sc);
       });
   at::Tensor out_scores = at::empty({static_cast<int64_t>(sc.size())}, scores.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, b.scalar_type(), "cvops_soft_nms_cpu_out", [&] {
-        scalar_t* o = out_scores.mutable_data_ptr<scalar_t>();
-        for (size_t i = 0; i < sc.size(); ++i) o[i] = static_cast<scalar_t>(sc[i]);
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(),
+                                  "cvops_soft_nms_cpu_out", [&] {
+                                    scalar_t* o = out_scores.mutable_data_ptr<scalar_t>();
+                                    for (size_t i = 0; i < sc.size(); ++i)
+                                      o[i] = static_cast<scalar_t>(sc[i]);
+                                  });
   return {to_tensor(idx, boxes), out_scores};
 }
 

@@ -57,8 +57,7 @@ struct RoiTaps {
 
   // Calls f(corners) for every sample of bin (ph, pw) that lies on the map.
   template <typename F>
-  void for_each_sample(int64_t ph, int64_t pw, int64_t width, int64_t pixel_stride,
-                       F&& f) const {
+  void for_each_sample(int64_t ph, int64_t pw, int64_t width, int64_t pixel_stride, F&& f) const {
     const int64_t gh = geometry.grid_h, gw = geometry.grid_w;
     for (int64_t iy = 0; iy < gh; ++iy) {
       const AxisTap<acc_t>& ty = rows[ph * gh + iy];
@@ -79,9 +78,9 @@ double count_samples(const at::Tensor& rois, const Params& p) {
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   double total = 0;
   for (int64_t k = 0; k < rois.size(0); ++k, r += 5) {
-    auto g = roi_geometry<acc_t>(r[0], r[1], r[2], r[3], r[4],
-                                 static_cast<acc_t>(p.spatial_scale), p.aligned,
-                                 p.pooled_height, p.pooled_width, p.sampling_ratio, p.batch);
+    auto g =
+        roi_geometry<acc_t>(r[0], r[1], r[2], r[3], r[4], static_cast<acc_t>(p.spatial_scale),
+                            p.aligned, p.pooled_height, p.pooled_width, p.sampling_ratio, p.batch);
     total += static_cast<double>(g.grid_h * g.grid_w);
   }
   return total * static_cast<double>(p.pooled_height * p.pooled_width);
@@ -118,8 +117,8 @@ inline void accumulate_corners(acc_t* __restrict acc, const scalar_t* __restrict
 }
 
 template <typename scalar_t>
-void roi_align_forward_impl(const at::Tensor& input, const at::Tensor& rois,
-                            at::Tensor& output, const Params& p, bool channels_last) {
+void roi_align_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output,
+                            const Params& p, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_rois = rois.size(0), channels = input.size(1);
   const int64_t H = p.height, W = p.width;
@@ -171,8 +170,8 @@ void roi_align_forward_impl(const at::Tensor& input, const at::Tensor& rois,
 }
 
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
-                                 double spatial_scale, int64_t pooled_height,
-                                 int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                 int64_t sampling_ratio, bool aligned) {
   check_roi_align_forward_args(input, rois, spatial_scale, pooled_height, pooled_width,
                                sampling_ratio);
   check_roi_batch_indices("cvops.roi_align", rois, input.size(0));
@@ -181,18 +180,17 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
       at::empty({rois.size(0), channels, pooled_height, pooled_width}, input.options());
   if (output.numel() == 0) return output;
 
-  const Params p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-                 input.size(0), input.size(2), input.size(3)};
+  const Params p{spatial_scale, pooled_height, pooled_width,  sampling_ratio,
+                 aligned,       input.size(0), input.size(2), input.size(3)};
   at::Tensor rois_c = rois.contiguous();
-  const bool cl = use_channels_last(rois_c, p, channels,
-                                    input.is_contiguous(at::MemoryFormat::ChannelsLast));
+  const bool cl =
+      use_channels_last(rois_c, p, channels, input.is_contiguous(at::MemoryFormat::ChannelsLast));
   // For channels-last the [N, C, H, W] tensor with channels-last strides *is* [N, H, W, C].
-  at::Tensor in = input.contiguous(cl ? at::MemoryFormat::ChannelsLast
-                                      : at::MemoryFormat::Contiguous);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "cvops_roi_align_forward_cpu", [&] {
-                                    roi_align_forward_impl<scalar_t>(in, rois_c, output, p, cl);
-                                  });
+  at::Tensor in =
+      input.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "cvops_roi_align_forward_cpu",
+      [&] { roi_align_forward_impl<scalar_t>(in, rois_c, output, p, cl); });
   return output;
 }
 
@@ -209,9 +207,8 @@ inline void add_scaled(acc_t* dst, const acc_t* __restrict src, acc_t w, int64_t
 }
 
 template <typename scalar_t>
-void roi_align_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
-                             at::Tensor& grad_buf, const Params& p, int64_t channels,
-                             bool channels_last) {
+void roi_align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, at::Tensor& grad_buf,
+                             const Params& p, int64_t channels, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_rois = rois.size(0), batch = p.batch, H = p.height, W = p.width;
   const int64_t PH = p.pooled_height, PW = p.pooled_width;
@@ -278,30 +275,26 @@ void roi_align_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
 }
 
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
-                                  double spatial_scale, int64_t pooled_height,
-                                  int64_t pooled_width, int64_t batch_size, int64_t channels,
-                                  int64_t height, int64_t width, int64_t sampling_ratio,
-                                  bool aligned) {
-  check_roi_align_backward_args(grad, rois, spatial_scale, pooled_height, pooled_width,
-                                batch_size, channels, height, width, sampling_ratio);
+                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                  int64_t batch_size, int64_t channels, int64_t height,
+                                  int64_t width, int64_t sampling_ratio, bool aligned) {
+  check_roi_align_backward_args(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size,
+                                channels, height, width, sampling_ratio);
   check_roi_batch_indices("cvops._roi_align_backward", rois, batch_size);
 
-  const Params p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-                 batch_size, height, width};
+  const Params p{spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                 aligned,       batch_size,    height,       width};
   at::Tensor rois_c = rois.contiguous();
   const bool cl = use_channels_last(rois_c, p, channels, false);
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   // Accumulate in the op-math type (float for half/bfloat16).
-  at::Tensor buf = cl ? at::zeros({batch_size, height, width, channels},
-                                  grad.options().dtype(acc_type))
-                      : at::zeros({batch_size, channels, height, width},
-                                  grad.options().dtype(acc_type));
+  at::Tensor buf =
+      cl ? at::zeros({batch_size, height, width, channels}, grad.options().dtype(acc_type))
+         : at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
   if (grad.numel() > 0 && buf.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                    "cvops_roi_align_backward_cpu", [&] {
-                                      roi_align_backward_impl<scalar_t>(
-                                          grad, rois_c, buf, p, channels, cl);
-                                    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_align_backward_cpu",
+        [&] { roi_align_backward_impl<scalar_t>(grad, rois_c, buf, p, channels, cl); });
   }
   if (cl) buf = buf.permute({0, 3, 1, 2});
   return buf.to(grad.scalar_type(), /*non_blocking=*/false, /*copy=*/false,

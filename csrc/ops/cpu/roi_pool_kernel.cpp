@@ -76,16 +76,16 @@ bool use_channels_last(const at::Tensor& rois, const Params& p, int64_t channels
   if (input_is_channels_last) return true;
   if (channels < 4) return false;
   double visits = 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, rois.scalar_type(), "cvops_roi_pool_cost", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* r = rois.const_data_ptr<scalar_t>();
-        RoiBins<acc_t> bins;
-        for (int64_t k = 0; k < rois.size(0); ++k, r += 5) {
-          bins.compute(r, p);
-          if (bins.box.valid) visits += bins.visits();
-        }
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rois.scalar_type(),
+                                  "cvops_roi_pool_cost", [&] {
+                                    using acc_t = at::opmath_type<scalar_t>;
+                                    const scalar_t* r = rois.const_data_ptr<scalar_t>();
+                                    RoiBins<acc_t> bins;
+                                    for (int64_t k = 0; k < rois.size(0); ++k, r += 5) {
+                                      bins.compute(r, p);
+                                      if (bins.box.valid) visits += bins.visits();
+                                    }
+                                  });
   return visits >= static_cast<double>(p.batch * p.height * p.width);
 }
 
@@ -137,8 +137,8 @@ CVOPS_ALWAYS_INLINE inline V load_lanes(const scalar_t* p) {
 
 // Max/argmax of one channel of one bin with the exact rule of takes_over().
 template <typename scalar_t, typename acc_t>
-inline void bin_max_scalar(const scalar_t* image, int64_t W, int64_t C, BinRange hr,
-                           BinRange wr, int64_t c, acc_t* m, int32_t* a) {
+inline void bin_max_scalar(const scalar_t* image, int64_t W, int64_t C, BinRange hr, BinRange wr,
+                           int64_t c, acc_t* m, int32_t* a) {
   int64_t best = hr.begin * W + wr.begin;
   acc_t mv = static_cast<acc_t>(image[best * C + c]);
   for (int64_t h = hr.begin; h < hr.end; ++h) {
@@ -155,9 +155,9 @@ inline void bin_max_scalar(const scalar_t* image, int64_t W, int64_t C, BinRange
 }
 
 template <int kBytes, int64_t kVecs, typename scalar_t, typename acc_t>
-CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, int64_t W,
-                                             int64_t C, BinRange hr, BinRange wr,
-                                             acc_t* __restrict m, int32_t* __restrict a) {
+CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, int64_t W, int64_t C,
+                                             BinRange hr, BinRange wr, acc_t* __restrict m,
+                                             int32_t* __restrict a) {
   using L = Lanes<acc_t, kBytes>;
   using V = typename L::V;
   using I = typename L::I;
@@ -210,8 +210,8 @@ CVOPS_ALWAYS_INLINE inline void bin_max_impl(const scalar_t* __restrict image, i
 // AVX2: no AVX-512 body was written or measured for it), so the build's minimum CPU is
 // unchanged.
 template <typename scalar_t, typename acc_t>
-inline void bin_max(const scalar_t* image, int64_t W, int64_t C, BinRange hr, BinRange wr,
-                    acc_t* m, int32_t* a) {
+inline void bin_max(const scalar_t* image, int64_t W, int64_t C, BinRange hr, BinRange wr, acc_t* m,
+                    int32_t* a) {
   simd::dispatch_isa<simd::MaxIsa::kAvx2>([&](auto lanes) CVOPS_ALWAYS_INLINE {
     bin_max_impl<decltype(lanes)::value * 4, 4>(image, W, C, hr, wr, m, a);
   });
@@ -320,8 +320,7 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
                                                         const at::Tensor& rois,
-                                                        double spatial_scale,
-                                                        int64_t pooled_height,
+                                                        double spatial_scale, int64_t pooled_height,
                                                         int64_t pooled_width) {
   check_roi_pool_forward_args(input, rois, spatial_scale, pooled_height, pooled_width);
   check_roi_batch_indices("cvops.roi_pool", rois, input.size(0));
@@ -332,8 +331,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
                                 input.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
 
-  const Params p{spatial_scale, pooled_height, pooled_width, input.size(0), input.size(2),
-                 input.size(3)};
+  const Params p{spatial_scale, pooled_height, pooled_width,
+                 input.size(0), input.size(2), input.size(3)};
   at::Tensor rois_c = rois.contiguous();
   if (input.size(2) * input.size(3) == 0) {  // every bin is empty
     output.zero_();
@@ -343,15 +342,14 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
     output.masked_fill_(bad.view({-1, 1, 1, 1}), std::numeric_limits<double>::quiet_NaN());
     return {output, argmax};
   }
-  const bool cl = use_channels_last(rois_c, p, channels,
-                                    input.is_contiguous(at::MemoryFormat::ChannelsLast));
+  const bool cl =
+      use_channels_last(rois_c, p, channels, input.is_contiguous(at::MemoryFormat::ChannelsLast));
   // For channels-last the [N, C, H, W] tensor with channels-last strides *is* [N, H, W, C].
-  at::Tensor in = input.contiguous(cl ? at::MemoryFormat::ChannelsLast
-                                      : at::MemoryFormat::Contiguous);
+  at::Tensor in =
+      input.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "cvops_roi_pool_forward_cpu", [&] {
-        roi_pool_forward_impl<scalar_t>(in, rois_c, output, argmax, p, cl);
-      });
+      at::kHalf, at::kBFloat16, input.scalar_type(), "cvops_roi_pool_forward_cpu",
+      [&] { roi_pool_forward_impl<scalar_t>(in, rois_c, output, argmax, p, cl); });
   return {output, argmax};
 }
 
@@ -381,9 +379,9 @@ void roi_pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
   std::vector<std::vector<int64_t>> rois_of(batch);
   for (int64_t k = 0; k < num_rois; ++k) {
     const scalar_t* r = roi_data + k * 5;
-    const RoiBox box = roi_box(static_cast<double>(r[0]), static_cast<double>(r[1]),
-                               static_cast<double>(r[2]), static_cast<double>(r[3]),
-                               static_cast<double>(r[4]), p.spatial_scale, p.batch);
+    const RoiBox box =
+        roi_box(static_cast<double>(r[0]), static_cast<double>(r[1]), static_cast<double>(r[2]),
+                static_cast<double>(r[3]), static_cast<double>(r[4]), p.spatial_scale, p.batch);
     if (box.valid) rois_of[box.batch_index].push_back(k);
   }
   const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch);
@@ -426,23 +424,20 @@ void roi_pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
 
 at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
                                  const at::Tensor& argmax, double spatial_scale,
-                                 int64_t pooled_height, int64_t pooled_width,
-                                 int64_t batch_size, int64_t channels, int64_t height,
-                                 int64_t width) {
+                                 int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                 int64_t channels, int64_t height, int64_t width) {
   check_roi_pool_backward_args(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,
                                batch_size, channels, height, width);
   check_roi_batch_indices("cvops._roi_pool_backward", rois, batch_size);
   const auto acc_type = at::toOpMathType(grad.scalar_type());
-  at::Tensor buf =
-      at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+  at::Tensor buf = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
   if (grad.numel() > 0 && buf.numel() > 0) {
     const Params p{spatial_scale, pooled_height, pooled_width, batch_size, height, width};
     at::Tensor rois_c = rois.contiguous();
     at::Tensor argmax_c = argmax.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_pool_backward_cpu", [&] {
-          roi_pool_backward_impl<scalar_t>(grad, rois_c, argmax_c, buf, p, channels);
-        });
+        at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_roi_pool_backward_cpu",
+        [&] { roi_pool_backward_impl<scalar_t>(grad, rois_c, argmax_c, buf, p, channels); });
   }
   return buf.to(grad.scalar_type());
 }

@@ -55,8 +55,7 @@ __global__ void __launch_bounds__(kTileW* kTileH)
     acc_t sum = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
     for (int64_t j = 0; j < s.sources; ++j) {
       const int64_t row = c * s.sources + j;
-      const scalar_t* plane_in =
-          src + (n * s.src_channels + row / s.divisor) * s.src_h * s.src_w;
+      const scalar_t* plane_in = src + (n * s.src_channels + row / s.divisor) * s.src_h * s.src_w;
       for (int i = tid; i < IH * IW; i += kTileW * kTileH) {
         const int64_t ih = ih0 + i / IW, iw = iw0 + i % IW;
         tile[i] = (ih >= 0 && ih < s.src_h && iw >= 0 && iw < s.src_w)
@@ -66,8 +65,7 @@ __global__ void __launch_bounds__(kTileW* kTileH)
       acc_t w[K * K];
       const scalar_t* wp = weight + row * K * K;
 #pragma unroll
-      for (int k = 0; k < K * K; ++k)
-        w[k] = static_cast<acc_t>(wp[s.flip ? K * K - 1 - k : k]);
+      for (int k = 0; k < K * K; ++k) w[k] = static_cast<acc_t>(wp[s.flip ? K * K - 1 - k : k]);
       __syncthreads();
 #pragma unroll
       for (int kh = 0; kh < K; ++kh)
@@ -86,9 +84,9 @@ struct Geometry {
 };
 
 Geometry geometry_of(const DepthwiseParams& p) {
-  return {p.batch,  p.channels, p.multiplier, p.height, p.width, p.kernel_h, p.kernel_w,
-          p.stride_h, p.stride_w, p.pad_h,    p.pad_w,  p.dil_h,  p.dil_w,    p.out_h,
-          p.out_w};
+  return {p.batch,    p.channels, p.multiplier, p.height,   p.width,
+          p.kernel_h, p.kernel_w, p.stride_h,   p.stride_w, p.pad_h,
+          p.pad_w,    p.dil_h,    p.dil_w,      p.out_h,    p.out_w};
 }
 
 // One thread per output element of a contiguous [N, C * M, oH, oW] output.
@@ -144,8 +142,7 @@ __global__ void backward_input_general_kernel(int64_t total, const scalar_t* __r
         for (int64_t kw = 0; kw < g.kw; ++kw) {
           const int64_t ow = source_output(iw, kw, g.sw, g.pw, g.dw, g.ow);
           if (ow < 0) continue;
-          sum += static_cast<acc_t>(w[kh * g.kw + kw]) *
-                 static_cast<acc_t>(go[oh * g.ow + ow]);
+          sum += static_cast<acc_t>(w[kh * g.kw + kw]) * static_cast<acc_t>(go[oh * g.ow + ow]);
         }
       }
     }
@@ -182,8 +179,7 @@ __global__ void __launch_bounds__(kReduceThreads)
     const int64_t ih = input_index(oh, kh, g.sh, g.ph, g.dh);
     const int64_t iw = input_index(ow, kw, g.sw, g.pw, g.dw);
     if (ih >= 0 && ih < g.height && iw >= 0 && iw < g.width)
-      sum += go * static_cast<acc_t>(
-                      input[((n * g.channels + ci) * g.height + ih) * g.width + iw]);
+      sum += go * static_cast<acc_t>(input[((n * g.channels + ci) * g.height + ih) * g.width + iw]);
   }
   partial[threadIdx.x] = sum;
   __syncthreads();
@@ -208,12 +204,11 @@ bool launch_tiled(int64_t K, int64_t S, const scalar_t* src, const scalar_t* wei
   const int64_t total = s.batch * s.out_channels * s.tiles_w * s.tiles_h;
   const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(total, 1 << 30));
   const dim3 block(kTileW, kTileH);
-#define CVOPS_DW_TILED(KV, SV)                                                          \
-  if (K == KV && S == SV) {                                                             \
-    tiled_kernel<scalar_t, KV, SV><<<grid, block, 0, stream>>>(src, weight, bias, out, s, \
-                                                               total);                  \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                     \
-    return true;                                                                        \
+#define CVOPS_DW_TILED(KV, SV)                                                                    \
+  if (K == KV && S == SV) {                                                                       \
+    tiled_kernel<scalar_t, KV, SV><<<grid, block, 0, stream>>>(src, weight, bias, out, s, total); \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                               \
+    return true;                                                                                  \
   }
   CVOPS_DW_TILED(3, 1)
   CVOPS_DW_TILED(3, 2)
@@ -251,8 +246,19 @@ at::Tensor depthwise_conv2d_forward_cuda(const at::Tensor& input, const at::Tens
         const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
         bool done = false;
         if (tiled_forward_ok(p)) {
-          const TileShape s{p.batch, p.out_channels(), p.channels, p.height, p.width, p.out_h,
-                            p.out_w, p.pad_h, p.pad_w, /*sources=*/1, p.multiplier, 0, 0,
+          const TileShape s{p.batch,
+                            p.out_channels(),
+                            p.channels,
+                            p.height,
+                            p.width,
+                            p.out_h,
+                            p.out_w,
+                            p.pad_h,
+                            p.pad_w,
+                            /*sources=*/1,
+                            p.multiplier,
+                            0,
+                            0,
                             /*flip=*/false};
           done = launch_tiled<scalar_t>(p.kernel_h, p.stride_h, in.const_data_ptr<scalar_t>(),
                                         w.const_data_ptr<scalar_t>(), bp,
@@ -271,10 +277,9 @@ at::Tensor depthwise_conv2d_forward_cuda(const at::Tensor& input, const at::Tens
 at::Tensor depthwise_conv2d_backward_input_cuda(const at::Tensor& grad, const at::Tensor& weight,
                                                 int64_t batch, int64_t channels, int64_t height,
                                                 int64_t width, at::IntArrayRef stride,
-                                                at::IntArrayRef padding,
-                                                at::IntArrayRef dilation) {
-  const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height,
-                                                     width, stride, padding, dilation);
+                                                at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto p = check_depthwise_backward_input_args(grad, weight, batch, channels, height, width,
+                                                     stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(grad.device());
   const auto format = depthwise_result_format(grad);
   at::Tensor grad_input = at::empty({batch, channels, height, width}, grad.options());
@@ -284,8 +289,7 @@ at::Tensor depthwise_conv2d_backward_input_cuda(const at::Tensor& grad, const at
   at::Tensor w = weight.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_depthwise_conv2d_bwd_input_cuda",
-      [&] {
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_depthwise_conv2d_bwd_input_cuda", [&] {
         bool done = false;
         // Stride 1: a correlation of grad with the flipped kernel, padded by K - 1 - pad.
         if (tiled_forward_ok(p) && p.stride_h == 1) {
@@ -308,10 +312,9 @@ at::Tensor depthwise_conv2d_backward_input_cuda(const at::Tensor& grad, const at
                                         grad_input.mutable_data_ptr<scalar_t>(), s, stream);
         }
         if (!done) {
-          backward_input_general_kernel<scalar_t>
-              <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-                  total, g.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                  geometry_of(p), grad_input.mutable_data_ptr<scalar_t>());
+          backward_input_general_kernel<scalar_t><<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
+              total, g.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), geometry_of(p),
+              grad_input.mutable_data_ptr<scalar_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
@@ -338,8 +341,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_weight_cuda(
   TORCH_CHECK(blocks < (int64_t(1) << 31), "cvops._depthwise_conv2d_backward_weight: too many ",
               "channels x taps (", blocks, ")");
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "cvops_depthwise_conv2d_bwd_weight_cuda",
-      [&] {
+      at::kHalf, at::kBFloat16, input.scalar_type(), "cvops_depthwise_conv2d_bwd_weight_cuda", [&] {
         backward_weight_kernel<scalar_t>
             <<<static_cast<unsigned int>(blocks), kReduceThreads, 0, stream>>>(
                 g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), geometry_of(p),
@@ -354,9 +356,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto p = check_depthwise_backward_args(grad, input, weight, stride, padding, dilation);
-  at::Tensor grad_input =
-      depthwise_conv2d_backward_input_cuda(grad, weight, p.batch, p.channels, p.height, p.width,
-                                           stride, padding, dilation);
+  at::Tensor grad_input = depthwise_conv2d_backward_input_cuda(
+      grad, weight, p.batch, p.channels, p.height, p.width, stride, padding, dilation);
   auto [grad_weight, grad_bias] = depthwise_conv2d_backward_weight_cuda(
       grad, input, p.kernel_h, p.kernel_w, stride, padding, dilation);
   return {grad_input, grad_weight, grad_bias};

@@ -102,13 +102,12 @@ void launch_sigmoid_focal_elementwise(int64_t n, const scalar_t* x, const scalar
                                       cudaStream_t stream) {
   constexpr int VEC = 16 / sizeof(scalar_t);
   int64_t done = 0;
-  if (aligned16(x) && aligned16(t) && aligned16(out) &&
-      (g_elem == nullptr || aligned16(g_elem))) {
+  if (aligned16(x) && aligned16(t) && aligned16(out) && (g_elem == nullptr || aligned16(g_elem))) {
     const int64_t packs = n / VEC;
     if (packs > 0) {
       sigmoid_focal_elementwise_kernel<scalar_t, G, kGrad, VEC>
-          <<<cuda_blocks(packs), kCudaThreads, 0, stream>>>(packs, x, t, g_elem, g_scalar,
-                                                            g_mult, fa, out);
+          <<<cuda_blocks(packs), kCudaThreads, 0, stream>>>(packs, x, t, g_elem, g_scalar, g_mult,
+                                                            fa, out);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       done = packs * VEC;
     }
@@ -142,8 +141,8 @@ __device__ inline void block_reduce_store(acc_t (&v)[kNumStats], acc_t* __restri
 // stats[r, j] = sum over chunks of partial[r, k, j], in chunk order, in double as on the CPU
 // (a float sum of 1e8 elements' partials could be off by 1e-3 relative).
 template <typename acc_t>
-__global__ void finish_stats_kernel(int64_t rows, int64_t chunks,
-                                    const acc_t* __restrict__ partial, acc_t* __restrict__ stats) {
+__global__ void finish_stats_kernel(int64_t rows, int64_t chunks, const acc_t* __restrict__ partial,
+                                    acc_t* __restrict__ stats) {
   CVOPS_CUDA_KERNEL_LOOP(i, rows * kNumStats) {
     const int64_t r = i / kNumStats, j = i % kNumStats;
     double s = 0;
@@ -272,11 +271,9 @@ __global__ void pixel_lse_kernel(const scalar_t* __restrict__ x, ClassArgs a,
     acc_t r = 0;
     if (a.from_logits) {
       acc_t mx = -std::numeric_limits<acc_t>::infinity();
-      for (int64_t c = 0; c < a.classes; ++c)
-        mx = M::max(mx, static_cast<acc_t>(xp[c * a.len]));
+      for (int64_t c = 0; c < a.classes; ++c) mx = M::max(mx, static_cast<acc_t>(xp[c * a.len]));
       acc_t sum = 0;
-      for (int64_t c = 0; c < a.classes; ++c)
-        sum += M::exp(static_cast<acc_t>(xp[c * a.len]) - mx);
+      for (int64_t c = 0; c < a.classes; ++c) sum += M::exp(static_cast<acc_t>(xp[c * a.len]) - mx);
       r = mx + M::log(sum);
     }
     lse[i] = r;
@@ -324,8 +321,7 @@ __global__ void class_stats_kernel(const scalar_t* __restrict__ x, const int64_t
 // One thread per pixel: three passes over the classes (max, sums, write).
 template <typename scalar_t, int G>
 __global__ void class_backward_kernel(const double* __restrict__ gstats,
-                                      const scalar_t* __restrict__ x,
-                                      const int64_t* __restrict__ y,
+                                      const scalar_t* __restrict__ x, const int64_t* __restrict__ y,
                                       const double* __restrict__ alpha, ClassArgs a,
                                       scalar_t* __restrict__ dx) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -337,8 +333,8 @@ __global__ void class_backward_kernel(const double* __restrict__ gstats,
     const double* gs = gstats + b * a.classes * kNumStats;
     const int64_t cls = pixel_class(y, i, a);
     if (cls < 0) {  // ignored: no gradient; out of range: NaN, like its statistics
-      const scalar_t fill = static_cast<scalar_t>(
-          cls == -1 ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN());
+      const scalar_t fill =
+          static_cast<scalar_t>(cls == -1 ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN());
       for (int64_t c = 0; c < a.classes; ++c) dx[off + c * a.len] = fill;
       continue;
     }
@@ -362,7 +358,8 @@ __global__ void class_backward_kernel(const double* __restrict__ gstats,
         ly = xv - lse;
       }
       dot += (acc_t(gs[c * kNumStats + kStatD]) * abs_diff_grad<M>(p, t) +
-              acc_t(gs[c * kNumStats + kStatP])) * p;
+              acc_t(gs[c * kNumStats + kStatP])) *
+             p;
     }
     acc_t kf = 0;
     if (a.focal)
@@ -406,9 +403,9 @@ at::Tensor row_stats_cuda(const at::Tensor& x, const at::Tensor& t, int64_t rows
         using acc_t = at::opmath_type<scalar_t>;
         dispatch_gamma(a.fa.gamma, [&](auto gtag) {
           row_stats_kernel<scalar_t, decltype(gtag)::value>
-              <<<stats_grid(rows, len), kThreads, 0, stream>>>(
-                  x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), a,
-                  partial.mutable_data_ptr<acc_t>());
+              <<<stats_grid(rows, len), kThreads, 0, stream>>>(x.const_data_ptr<scalar_t>(),
+                                                               t.const_data_ptr<scalar_t>(), a,
+                                                               partial.mutable_data_ptr<acc_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
         finish_stats_kernel<acc_t><<<cuda_blocks(rows * kNumStats), kCudaThreads, 0, stream>>>(
@@ -418,8 +415,8 @@ at::Tensor row_stats_cuda(const at::Tensor& x, const at::Tensor& t, int64_t rows
   return stats;
 }
 
-at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& input, const at::Tensor& target,
-                                   double alpha, double gamma, int64_t reduction) {
+at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& input, const at::Tensor& target, double alpha,
+                                   double gamma, int64_t reduction) {
   constexpr const char* op = "cvops.sigmoid_focal_loss";
   check_sigmoid_focal_args(op, input, target, gamma, reduction);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -433,8 +430,8 @@ at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& input, const at::Tensor& ta
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
       dispatch_gamma(gamma, [&](auto gtag) {
         launch_sigmoid_focal_elementwise<scalar_t, decltype(gtag)::value, false>(
-            n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, nullptr,
-            1.0, fa, out.mutable_data_ptr<scalar_t>(), stream);
+            n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, nullptr, 1.0,
+            fa, out.mutable_data_ptr<scalar_t>(), stream);
       });
     });
     return out;
@@ -447,8 +444,8 @@ at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& input, const at::Tensor& ta
 }
 
 at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& input,
-                                            const at::Tensor& target, double alpha,
-                                            double gamma, int64_t reduction) {
+                                            const at::Tensor& target, double alpha, double gamma,
+                                            int64_t reduction) {
   constexpr const char* op = "cvops._sigmoid_focal_loss_backward";
   check_sigmoid_focal_args(op, input, target, gamma, reduction);
   check_sigmoid_focal_backward_args(op, grad, input, reduction);
@@ -487,20 +484,20 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_focal_loss_fused_cuda(const at::Tenso
   const FocalArgs fa = focal_args(alpha, gamma);
   const double mult = reduction == kReduceMean ? 1.0 / static_cast<double>(n) : 1.0;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
-                                  "cvops_sigmoid_focal_fused_cuda", [&] {
-    dispatch_gamma(gamma, [&](auto gtag) {
-      launch_sigmoid_focal_elementwise<scalar_t, decltype(gtag)::value, true>(
-          n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, nullptr,
-          mult, fa, grad.mutable_data_ptr<scalar_t>(), stream);
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "cvops_sigmoid_focal_fused_cuda", [&] {
+        dispatch_gamma(gamma, [&](auto gtag) {
+          launch_sigmoid_focal_elementwise<scalar_t, decltype(gtag)::value, true>(
+              n, x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), nullptr, nullptr, mult,
+              fa, grad.mutable_data_ptr<scalar_t>(), stream);
+        });
+      });
   return {loss, grad};
 }
 
 at::Tensor loss_stats_cuda(const at::Tensor& input, const at::Tensor& target,
-                           const at::Tensor& alpha, int64_t mode, bool from_logits,
-                           bool has_ignore, int64_t ignore_index, double gamma, bool focal) {
+                           const at::Tensor& alpha, int64_t mode, bool from_logits, bool has_ignore,
+                           int64_t ignore_index, double gamma, bool focal) {
   constexpr const char* op = "cvops._loss_stats";
   check_loss_stats_args(op, input, target, alpha, mode, from_logits, gamma, focal);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -509,16 +506,22 @@ at::Tensor loss_stats_cuda(const at::Tensor& input, const at::Tensor& target,
   const at::Tensor al = alpha.to(at::kDouble).contiguous();
   if (mode != kModeMulticlass) {
     // The sigmoid focal weight alpha[0] stays on the device (read by the kernel).
-    const RowArgs a{0,     0,     from_logits,     has_ignore, true, focal,
-                    static_cast<double>(ignore_index), focal_args(-1.0, gamma),
+    const RowArgs a{0,
+                    0,
+                    from_logits,
+                    has_ignore,
+                    true,
+                    focal,
+                    static_cast<double>(ignore_index),
+                    focal_args(-1.0, gamma),
                     al.const_data_ptr<double>()};
     return row_stats_cuda(x, t, N * C, L, a).view({N, C, kNumStats});
   }
   const auto acc = at::toOpMathType(x.scalar_type());
   at::Tensor stats = at::zeros({N, C, kNumStats}, x.options().dtype(acc));
   if (N * C == 0 || L == 0) return stats;
-  const ClassArgs a{N, C, L, stats_tiles(N * C, L), from_logits, has_ignore, focal,
-                    ignore_index, gamma};
+  const ClassArgs a{N,    C, L, stats_tiles(N * C, L), from_logits, has_ignore, focal, ignore_index,
+                    gamma};
   const int64_t chunks = stats_chunks(L);
   at::Tensor lse = at::empty({N, L}, x.options().dtype(acc));
   at::Tensor partial = at::empty({N * C, chunks, kNumStats}, x.options().dtype(acc));
@@ -544,9 +547,9 @@ at::Tensor loss_stats_cuda(const at::Tensor& input, const at::Tensor& target,
 }
 
 at::Tensor loss_stats_backward_cuda(const at::Tensor& grad, const at::Tensor& input,
-                                    const at::Tensor& target, const at::Tensor& alpha,
-                                    int64_t mode, bool from_logits, bool has_ignore,
-                                    int64_t ignore_index, double gamma, bool focal) {
+                                    const at::Tensor& target, const at::Tensor& alpha, int64_t mode,
+                                    bool from_logits, bool has_ignore, int64_t ignore_index,
+                                    double gamma, bool focal) {
   constexpr const char* op = "cvops._loss_stats_backward";
   check_loss_stats_args(op, input, target, alpha, mode, from_logits, gamma, focal);
   const int64_t N = input.size(0), C = input.size(1), L = input.size(2);
@@ -559,8 +562,14 @@ at::Tensor loss_stats_backward_cuda(const at::Tensor& grad, const at::Tensor& in
   const at::Tensor al = alpha.to(at::kDouble).contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   if (mode != kModeMulticlass) {
-    const RowArgs a{L,     0,     from_logits,     has_ignore, true, focal,
-                    static_cast<double>(ignore_index), focal_args(-1.0, gamma),
+    const RowArgs a{L,
+                    0,
+                    from_logits,
+                    has_ignore,
+                    true,
+                    focal,
+                    static_cast<double>(ignore_index),
+                    focal_args(-1.0, gamma),
                     al.const_data_ptr<double>()};
     const int64_t total = out.numel();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
@@ -579,9 +588,8 @@ at::Tensor loss_stats_backward_cuda(const at::Tensor& grad, const at::Tensor& in
     dispatch_gamma(gamma, [&](auto gtag) {
       class_backward_kernel<scalar_t, decltype(gtag)::value>
           <<<cuda_blocks(N * L), kCudaThreads, 0, stream>>>(
-              g.const_data_ptr<double>(), x.const_data_ptr<scalar_t>(),
-              t.const_data_ptr<int64_t>(), al.const_data_ptr<double>(), a,
-              out.mutable_data_ptr<scalar_t>());
+              g.const_data_ptr<double>(), x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
+              al.const_data_ptr<double>(), a, out.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

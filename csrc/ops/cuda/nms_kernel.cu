@@ -45,8 +45,7 @@ __device__ inline Box<acc_t> load_box(const scalar_t* __restrict__ b, int64_t i)
 // One block per (row tile, column tile) with column tile >= row tile; 64 threads, one per row.
 // boxes: [n, 4] in rank order; cls: classes in the same order (sorted ascending) or nullptr.
 template <typename scalar_t>
-__global__ void nms_mask_kernel(int64_t n, int64_t col_blocks,
-                                const scalar_t* __restrict__ boxes,
+__global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, const scalar_t* __restrict__ boxes,
                                 const int64_t* __restrict__ cls, double threshold,
                                 unsigned long long* __restrict__ mask) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -85,11 +84,10 @@ __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks,
 // boxes' order[i]. count: number kept (at most max_output). removed: col_blocks zeros.
 __global__ void nms_reduce_kernel(int64_t n, int64_t col_blocks,
                                   const unsigned long long* __restrict__ mask,
-                                  const bool* __restrict__ valid,
-                                  const int64_t* __restrict__ order,
-                                  unsigned long long* __restrict__ removed,
-                                  bool* __restrict__ keep, int64_t* __restrict__ out_idx,
-                                  int64_t max_output, int64_t* __restrict__ count) {
+                                  const bool* __restrict__ valid, const int64_t* __restrict__ order,
+                                  unsigned long long* __restrict__ removed, bool* __restrict__ keep,
+                                  int64_t* __restrict__ out_idx, int64_t max_output,
+                                  int64_t* __restrict__ count) {
   __shared__ unsigned long long kept_bits;
   __shared__ int64_t kept_count;
   if (threadIdx.x == 0) kept_count = 0;
@@ -142,8 +140,7 @@ template <typename scalar_t>
 __global__ void nms_prepare_kernel(int64_t n, const scalar_t* __restrict__ boxes,
                                    const scalar_t* __restrict__ scores,
                                    const int64_t* __restrict__ order,
-                                   scalar_t* __restrict__ boxes_sorted,
-                                   bool* __restrict__ valid,
+                                   scalar_t* __restrict__ boxes_sorted, bool* __restrict__ valid,
                                    unsigned long long* __restrict__ first_bad) {
   using acc_t = at::opmath_type<scalar_t>;
   CVOPS_CUDA_KERNEL_LOOP(r, n) {
@@ -215,8 +212,7 @@ void run_greedy(const at::Tensor& boxes_sorted, const at::Tensor& cls_sorted,
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   nms_reduce_kernel<<<1, kReduceThreads, 0, stream>>>(
-      n, col_blocks, mask_ptr, valid_sorted.const_data_ptr<bool>(),
-      order.const_data_ptr<int64_t>(),
+      n, col_blocks, mask_ptr, valid_sorted.const_data_ptr<bool>(), order.const_data_ptr<int64_t>(),
       reinterpret_cast<unsigned long long*>(removed.mutable_data_ptr<int64_t>()), keep, out_idx,
       max_output, count);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -243,8 +239,7 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
   return out.slice(0, 0, read_count_or_raise(op, meta, b));
 }
 
-std::tuple<at::Tensor, at::Tensor> nms_fixed_cuda(const at::Tensor& boxes,
-                                                  const at::Tensor& scores,
+std::tuple<at::Tensor, at::Tensor> nms_fixed_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                                                   double iou_threshold, int64_t max_output) {
   constexpr const char* op = "cvops.nms_fixed";
   check_nms_args(op, boxes, scores, iou_threshold);
@@ -371,10 +366,9 @@ __global__ void soft_nms_kernel(int64_t n, const scalar_t* __restrict__ boxes,
   if (t == 0) *count = m;
 }
 
-std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes,
-                                                 const at::Tensor& scores, double iou_threshold,
-                                                 double sigma, double score_threshold,
-                                                 int64_t method) {
+std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
+                                                 double iou_threshold, double sigma,
+                                                 double score_threshold, int64_t method) {
   constexpr const char* op = "cvops.soft_nms";
   check_nms_args(op, boxes, scores, iou_threshold);
   check_soft_nms_args(op, sigma, score_threshold, method);

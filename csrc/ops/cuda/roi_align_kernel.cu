@@ -32,8 +32,8 @@ __device__ inline RoiGeometry<acc_t> geometry_of(const scalar_t* roi, acc_t spat
                                                  const Shape& s) {
   return roi_geometry<acc_t>(static_cast<acc_t>(roi[0]), static_cast<acc_t>(roi[1]),
                              static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]),
-                             static_cast<acc_t>(roi[4]), spatial_scale, s.aligned,
-                             s.pooled_height, s.pooled_width, s.sampling_ratio, s.batch);
+                             static_cast<acc_t>(roi[4]), spatial_scale, s.aligned, s.pooled_height,
+                             s.pooled_width, s.sampling_ratio, s.batch);
 }
 
 // One thread per output element (k, c, ph, pw) of a contiguous [K, C, PH, PW] output.
@@ -90,8 +90,7 @@ __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restr
     const int64_t k = bin.k, c = bin.c, ph = bin.ph, pw = bin.pw;
     const auto g = geometry_of<acc_t>(rois + k * 5, spatial_scale, s);
     if (!g.valid) continue;
-    const acc_t gv =
-        static_cast<acc_t>(grad[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]) / g.count;
+    const acc_t gv = static_cast<acc_t>(grad[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]) / g.count;
     const int64_t plane = (g.batch_index * s.channels + c) * s.height * s.width;
     for (int64_t iy = 0; iy < g.grid_h; ++iy) {
       const auto ty = axis_tap(sample_coord(g.start_h, ph, g.bin_h, iy, g.grid_h), s.height);
@@ -110,8 +109,8 @@ __global__ void roi_align_backward_kernel(index_t total, const scalar_t* __restr
 }
 
 at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
-                                  double spatial_scale, int64_t pooled_height,
-                                  int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                  int64_t sampling_ratio, bool aligned) {
   check_roi_align_forward_args(input, rois, spatial_scale, pooled_height, pooled_width,
                                sampling_ratio);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -121,8 +120,8 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
       at::empty({rois.size(0), channels, pooled_height, pooled_width}, input.options());
   const int64_t total = output.numel();
   if (total == 0) return output;
-  const Shape s{input.size(0), channels, input.size(2), input.size(3), pooled_height,
-                pooled_width, sampling_ratio, aligned};
+  const Shape s{input.size(0), channels,     input.size(2),  input.size(3),
+                pooled_height, pooled_width, sampling_ratio, aligned};
   at::Tensor in = input.contiguous();
   at::Tensor rois_c = rois.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -146,8 +145,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t pooled_width, int64_t batch_size, int64_t channels,
                                    int64_t height, int64_t width, int64_t sampling_ratio,
                                    bool aligned) {
-  check_roi_align_backward_args(grad, rois, spatial_scale, pooled_height, pooled_width,
-                                batch_size, channels, height, width, sampling_ratio);
+  check_roi_align_backward_args(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size,
+                                channels, height, width, sampling_ratio);
   const c10::cuda::CUDAGuard guard(grad.device());
   if (!cuda_stream_is_capturing())
     check_roi_batch_indices("cvops._roi_align_backward", rois, batch_size);
@@ -157,8 +156,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   if (total == 0 || batch_size * channels * height * width == 0) {
     return at::zeros(sizes, grad.options());
   }
-  const Shape s{batch_size, channels, height, width, pooled_height, pooled_width,
-                sampling_ratio, aligned};
+  const Shape s{batch_size,    channels,     height,         width,
+                pooled_height, pooled_width, sampling_ratio, aligned};
   at::Tensor rois_c = rois.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -170,8 +169,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
           CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
             roi_align_backward_kernel<scalar_t, index_t>
                 <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-                    static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(),
-                    grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3),
+                    static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(), grad.stride(0),
+                    grad.stride(1), grad.stride(2), grad.stride(3),
                     rois_c.const_data_ptr<scalar_t>(), static_cast<acc_t>(spatial_scale), s,
                     AtomicAdd<acc_t>{buf.mutable_data_ptr<acc_t>()});
             C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -192,8 +191,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
           roi_align_backward_kernel<scalar_t, index_t>
               <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
                   static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(), grad.stride(0),
-                  grad.stride(1), grad.stride(2), grad.stride(3),
-                  rois_c.const_data_ptr<scalar_t>(), static_cast<acc_t>(spatial_scale), s, add);
+                  grad.stride(1), grad.stride(2), grad.stride(3), rois_c.const_data_ptr<scalar_t>(),
+                  static_cast<acc_t>(spatial_scale), s, add);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });

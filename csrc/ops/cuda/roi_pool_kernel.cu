@@ -54,8 +54,7 @@ __global__ void roi_pool_forward_kernel(index_t total, const scalar_t* __restric
       argmax[index] = -1;
       continue;
     }
-    const BinRange hr =
-        bin_range<acc_t>(ph, box.start_h, box.roi_h, s.pooled_height, s.height);
+    const BinRange hr = bin_range<acc_t>(ph, box.start_h, box.roi_h, s.pooled_height, s.height);
     const BinRange wr = bin_range<acc_t>(pw, box.start_w, box.roi_w, s.pooled_width, s.width);
     if (hr.end <= hr.begin || wr.end <= wr.begin) {
       output[index] = static_cast<scalar_t>(0);
@@ -126,8 +125,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
                                 input.options().dtype(at::kInt));
   const int64_t total = output.numel();
   if (total == 0) return {output, argmax};
-  const Shape s{input.size(0), channels, input.size(2), input.size(3), pooled_height,
-                pooled_width};
+  const Shape s{input.size(0), channels, input.size(2), input.size(3), pooled_height, pooled_width};
   at::Tensor in = input.contiguous();
   at::Tensor rois_c = rois.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -147,9 +145,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
 
 at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
                                   const at::Tensor& argmax, double spatial_scale,
-                                  int64_t pooled_height, int64_t pooled_width,
-                                  int64_t batch_size, int64_t channels, int64_t height,
-                                  int64_t width) {
+                                  int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                  int64_t channels, int64_t height, int64_t width) {
   check_roi_pool_backward_args(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,
                                batch_size, channels, height, width);
   const c10::cuda::CUDAGuard guard(grad.device());
@@ -175,10 +172,9 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
           CVOPS_DISPATCH_INDEX_TYPE(total, [&] {
             roi_pool_backward_kernel<scalar_t, index_t>
                 <<<cuda_blocks(total), kCudaThreads, 0, stream>>>(
-                    static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(),
-                    grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3),
-                    argmax_c.const_data_ptr<int32_t>(), rois_c.const_data_ptr<scalar_t>(), s,
-                    add);
+                    static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(), grad.stride(0),
+                    grad.stride(1), grad.stride(2), grad.stride(3),
+                    argmax_c.const_data_ptr<int32_t>(), rois_c.const_data_ptr<scalar_t>(), s, add);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
         });
