@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _conv_bn
-from ._conv_bn import conv_forward, fold_bn, is_depthwise
+from ._conv_bn import fold_bn, is_depthwise
 
 # conv or linear module -> (key, packed weight, bias): the cache dies with the module, and
 # lives outside it so that state_dict, deepcopy and pickling never see oneDNN tensors.
@@ -45,12 +45,7 @@ def conv_block(
     """``relu(bn(conv(x)) + residual)``, each of ``bn``, ``residual`` and ``relu`` optional."""
     if not torch.jit.is_scripting() and _onednn_applies(conv, bn, x):
         return _onednn_conv_block(conv, x, bn, relu, residual)
-    if bn is None:
-        out = conv(x)
-    elif _conv_bn.can_fold(conv, bn):
-        out = conv_forward(conv, x, *fold_bn(conv, bn))
-    else:
-        out = bn(conv(x))
+    out = conv(x) if bn is None else _conv_bn.conv_bn(conv, bn, x)
     if residual is not None:
         out = out + residual
     return F.relu(out) if relu else out
@@ -116,30 +111,30 @@ def _onednn_conv_block(
 
 
 def _packed_weight(layer: nn.Module, bn: Optional[nn.Module], x: Tensor):
+    """``layer``'s weight (``bn`` folded in) in oneDNN's layout and its bias, cached until one
+    of their sources changes."""
     sources = _sources(layer, bn)
     key = tuple((t.data_ptr(), t._version) for t in sources) + (None if bn is None else bn.eps,)
     cached = _PACKED.get(layer)
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    weight, bias = (layer.weight, layer.bias) if bn is None else fold_bn(layer, bn)
-    bias = None if bias is None else bias.detach().contiguous()
-    if isinstance(layer, nn.Linear):
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-        _PACKED[layer] = (key, packed, bias)
-        return packed, bias
-    conv = layer
-    # The layout oneDNN picks for this problem size; a call with another size still computes
-    # the same result (oneDNN reorders again if it wants another layout).
-    packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-        weight.detach().contiguous().to_mkldnn(),
-        list(conv.padding),
-        list(conv.stride),
-        list(conv.dilation),
-        conv.groups,
-        list(x.shape),
-    )
-    _PACKED[conv] = (key, packed, bias)
-    return packed, bias
+    if cached is None or cached[0] != key:
+        weight, bias = (layer.weight, layer.bias) if bn is None else fold_bn(layer, bn)
+        weight = weight.detach().contiguous()
+        if isinstance(layer, nn.Linear):
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        else:
+            # The layout oneDNN picks for this problem size; a call with another size still
+            # computes the same result (oneDNN reorders again if it wants another layout).
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight.to_mkldnn(),
+                list(layer.padding),
+                list(layer.stride),
+                list(layer.dilation),
+                layer.groups,
+                list(x.shape),
+            )
+        bias = None if bias is None else bias.detach().contiguous()
+        cached = _PACKED[layer] = (key, packed, bias)
+    return cached[1], cached[2]
 
 
 def linear_block(linear: nn.Linear, x: Tensor, relu: bool = False) -> Tensor:

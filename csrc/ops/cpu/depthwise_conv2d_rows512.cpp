@@ -42,13 +42,15 @@ constexpr int64_t kStride2MaxWidth = 32;
 constexpr int64_t kRowsAhead = 4;
 
 // One call as the kernels read it: dense NCHW float32 planes and their geometry.
+// (built with designated initializers: the pointers a direction does not use stay null)
 struct Job {
-  const float* src;   // the input (rows512's input gradient: the output gradient)
-  const float* grad;  // the output gradient (weight gradients, stride-2 input gradient, fused)
-  const float* taps;  // [channels][KH * KW] (rows512's input gradient: flipped both ways)
-  const float* bias;  // [channels] or nullptr
-  float* dst;         // the output, or grad_input
-  float* result;      // weight gradients: [channels][KH * KW + 1], the taps then the bias
+  const float* src = nullptr;   // the input (rows512's input gradient: the output gradient)
+  const float* grad = nullptr;  // the output gradient (weight gradients, stride-2 input
+                                // gradient, fused)
+  const float* taps = nullptr;  // [channels][KH * KW] (rows512's input gradient: flipped)
+  const float* bias = nullptr;  // [channels] or nullptr
+  float* dst = nullptr;         // the output, or grad_input
+  float* result = nullptr;      // weight gradients: [channels][KH * KW + 1], taps then bias
   DepthwiseParams p;  // rows512's input gradient: p.input_grad_as_correlation(), src -> dst
 };
 
@@ -1149,13 +1151,11 @@ bool backward512_applies(const DepthwiseCall& call, DepthwiseDirection direction
 
 void stride2_512_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                          at::Tensor& output, const DepthwiseParams& p) {
-  const Job j{input.const_data_ptr<float>(),
-              nullptr,
-              weight.const_data_ptr<float>(),
-              data_or_null(bias),
-              output.mutable_data_ptr<float>(),
-              nullptr,
-              p};
+  const Job j{.src = input.const_data_ptr<float>(),
+              .taps = weight.const_data_ptr<float>(),
+              .bias = data_or_null(bias),
+              .dst = output.mutable_data_ptr<float>(),
+              .p = p};
   const stride2::Columns cols = stride2::columns_of(p);
   stride2::over_channels(p, cols.chunks, [&](int64_t begin, int64_t end) {
     if (cols.odd_first)
@@ -1167,9 +1167,10 @@ void stride2_512_forward(const at::Tensor& input, const at::Tensor& weight, cons
 
 void stride2_512_backward_input(const at::Tensor& grad, const at::Tensor& weight,
                                 at::Tensor& grad_input, const DepthwiseParams& p) {
-  const Job j{nullptr, grad.const_data_ptr<float>(),         weight.const_data_ptr<float>(),
-              nullptr, grad_input.mutable_data_ptr<float>(), nullptr,
-              p};
+  const Job j{.grad = grad.const_data_ptr<float>(),
+              .taps = weight.const_data_ptr<float>(),
+              .dst = grad_input.mutable_data_ptr<float>(),
+              .p = p};
   const stride2::InputColumns cols = stride2::input_columns_of(p);
   stride2::over_channels(p, cols.chunks, [&](int64_t begin, int64_t end) {
     if (p.pad_w % 2 != 0)
@@ -1181,13 +1182,10 @@ void stride2_512_backward_input(const at::Tensor& grad, const at::Tensor& weight
 
 void stride2_512_backward_weight(const at::Tensor& grad, const at::Tensor& input,
                                  at::Tensor& result, const DepthwiseParams& p) {
-  const Job j{input.const_data_ptr<float>(),
-              grad.const_data_ptr<float>(),
-              nullptr,
-              nullptr,
-              nullptr,
-              result.mutable_data_ptr<float>(),
-              p};
+  const Job j{.src = input.const_data_ptr<float>(),
+              .grad = grad.const_data_ptr<float>(),
+              .result = result.mutable_data_ptr<float>(),
+              .p = p};
   const stride2::Columns cols = stride2::columns_of(p);
   stride2::over_channels(p, cols.chunks, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
@@ -1201,8 +1199,11 @@ void stride2_512_backward_weight(const at::Tensor& grad, const at::Tensor& input
 
 void rows512_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                      at::Tensor& output, const DepthwiseParams& p) {
-  correlate(Job{input.const_data_ptr<float>(), nullptr, weight.const_data_ptr<float>(),
-                data_or_null(bias), output.mutable_data_ptr<float>(), nullptr, p});
+  correlate(Job{.src = input.const_data_ptr<float>(),
+                .taps = weight.const_data_ptr<float>(),
+                .bias = data_or_null(bias),
+                .dst = output.mutable_data_ptr<float>(),
+                .p = p});
 }
 
 // The output gradient correlated with the taps flipped in both directions.
@@ -1213,19 +1214,18 @@ void rows512_backward_input(const at::Tensor& grad, const at::Tensor& weight,
   std::vector<float> flipped(p.channels * KK);
   for (int64_t c = 0; c < p.channels; ++c)
     for (int64_t t = 0; t < KK; ++t) flipped[c * KK + t] = w[c * KK + KK - 1 - t];
-  correlate(Job{grad.const_data_ptr<float>(), nullptr, flipped.data(), nullptr,
-                grad_input.mutable_data_ptr<float>(), nullptr, p.input_grad_as_correlation()});
+  correlate(Job{.src = grad.const_data_ptr<float>(),
+                .taps = flipped.data(),
+                .dst = grad_input.mutable_data_ptr<float>(),
+                .p = p.input_grad_as_correlation()});
 }
 
 void rows512_backward_weight(const at::Tensor& grad, const at::Tensor& input, at::Tensor& result,
                              const DepthwiseParams& p) {
-  const Job j{input.const_data_ptr<float>(),
-              grad.const_data_ptr<float>(),
-              nullptr,
-              nullptr,
-              nullptr,
-              result.mutable_data_ptr<float>(),
-              p};
+  const Job j{.src = input.const_data_ptr<float>(),
+              .grad = grad.const_data_ptr<float>(),
+              .result = result.mutable_data_ptr<float>(),
+              .p = p};
   const Columns cols = columns_of(p);
   const int64_t work = p.batch * p.out_h * cols.chunks * kLanes * p.kernel_h * p.kernel_h;
   const bool paired = p.out_w <= kLanes / 2;
@@ -1246,13 +1246,12 @@ void rows512_backward_weight(const at::Tensor& grad, const at::Tensor& input, at
 
 void backward512_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
                           at::Tensor& grad_input, at::Tensor& result, const DepthwiseParams& p) {
-  const Job j{input.const_data_ptr<float>(),
-              grad.const_data_ptr<float>(),
-              weight.const_data_ptr<float>(),
-              nullptr,
-              grad_input.mutable_data_ptr<float>(),
-              result.mutable_data_ptr<float>(),
-              p};
+  const Job j{.src = input.const_data_ptr<float>(),
+              .grad = grad.const_data_ptr<float>(),
+              .taps = weight.const_data_ptr<float>(),
+              .dst = grad_input.mutable_data_ptr<float>(),
+              .result = result.mutable_data_ptr<float>(),
+              .p = p};
   const bool paired = p.width < kLanes / 2;
   const int64_t work = p.batch * p.height * kLanes * 2 * 9 / (paired ? 2 : 1);
   at::parallel_for(0, p.channels, parallel_grain(work), [&](int64_t begin, int64_t end) {

@@ -84,14 +84,14 @@ class IntermediateLayerGetter(nn.ModuleDict):
         items = list(self.items())
         i = 0
         while i < len(items):
-            name, module = items[i]
             if self._conv_bn_relu_at(items, i):
-                # a ResNet stem: one convolution with the BN folded and the ReLU fused
-                x = conv_block(module, x, items[i + 1][1], relu=True)
+                # a ResNet stem: one convolution with the BN folded and the ReLU fused; its
+                # output is the ReLU's
+                x = conv_block(items[i][1], x, items[i + 1][1], relu=True)
                 i += 2
-                name = items[i][0]
             else:
-                x = module(x)
+                x = items[i][1](x)
+            name = items[i][0]
             if name in self.return_layers:
                 out[self.return_layers[name]] = x
             i += 1
