@@ -149,7 +149,6 @@ def test_empty_boxes_and_bad_arguments():
     assert "featmap_names=['0', '1', '2', '3']" in repr(pooler)
 
 
-
 def test_every_box_is_pooled_even_with_non_finite_coordinates():
     # the result is not zero-filled up front: every row, a non-finite box's included, must be
     # written by the RoI Align of its level
