@@ -35,9 +35,9 @@ CHUNK_BYTES = 16 << 20
 
 def applies(conv: nn.Conv2d) -> bool:
     """Whether ``conv`` is a convolution F(2x2, 3x3) computes: 3x3, stride 1, padding 1,
-    undilated, ungrouped, at least ``MIN_CHANNELS`` input and output channels (measured faster
-    than oneDNN's direct convolution on every such layer of the detectors; narrower products
-    leave the matrix products too small)."""
+    undilated, ungrouped, at least ``MIN_CHANNELS`` input and output channels: the layers it
+    was measured on against oneDNN's direct convolution (64 to 512 channels, 1.3x to 1.8x
+    faster down to 16x16 planes, even at 8x8); narrower ones were not measured."""
     return (
         tuple(conv.kernel_size) == (3, 3)
         and tuple(conv.stride) == (1, 1)
