@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/host_device.h"
 
@@ -35,6 +36,16 @@ enum : int64_t { kModeBinary = 0, kModeMultilabel = 1, kModeMulticlass = 2 };
 enum : int64_t { kStatD = 0, kStatP = 1, kStatT = 2, kStatF = 3, kStatM = 4, kNumStats = 5 };
 // gamma specialisation: kGamma2 is the common gamma == 2 (two multiplies), kGammaAny uses pow.
 enum : int { kGammaAny = 0, kGamma2 = 2 };
+
+// f(std::integral_constant<int, kGamma2 or kGammaAny>()): the kernels' gamma tag (host code).
+template <typename F>
+void dispatch_gamma(double gamma, F&& f) {
+  if (gamma == 2.0) {
+    f(std::integral_constant<int, kGamma2>());
+  } else {
+    f(std::integral_constant<int, kGammaAny>());
+  }
+}
 
 template <typename T>
 struct ScalarMath {

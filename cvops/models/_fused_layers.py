@@ -29,11 +29,9 @@ from torch import Tensor, nn
 from . import _conv_bn, _winograd
 from ._conv_bn import fold_bn, is_depthwise
 
-# conv or linear module -> {form: (key, packed weight, bias)}, form "conv", "winograd" or
-# "linear" (one conv may run both conv forms, e.g. the RPN head's on levels of every size): the
-# cache dies with the module, and lives outside it so that state_dict, deepcopy and pickling
-# never see oneDNN tensors.
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+# conv or linear module -> (key, packed weight, bias): the cache dies with the module, and
+# lives outside it so that state_dict, deepcopy and pickling never see oneDNN tensors.
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 # False runs the reference ops everywhere (the benchmarks' "before" step).
 ONEDNN = True
@@ -122,9 +120,10 @@ def _packed_weight(layer: nn.Module, bn: Optional[nn.Module], x: Tensor, form: s
     "conv", or "winograd": the 16 transformed matrices) and its bias, cached until one of
     their sources changes."""
     sources = _sources(layer, bn)
-    key = tuple((t.data_ptr(), t._version) for t in sources) + (None if bn is None else bn.eps,)
-    forms = _PACKED.setdefault(layer, {})
-    cached = forms.get(form)
+    eps = None if bn is None else bn.eps
+    # form too: a conv whose stride or padding is changed in place switches forms
+    key = tuple((t.data_ptr(), t._version) for t in sources) + (eps, form)
+    cached = _PACKED.get(layer)
     if cached is None or cached[0] != key:
         weight, bias = (layer.weight, layer.bias) if bn is None else fold_bn(layer, bn)
         weight = weight.detach().contiguous()
@@ -144,7 +143,7 @@ def _packed_weight(layer: nn.Module, bn: Optional[nn.Module], x: Tensor, form: s
                 list(x.shape),
             )
         bias = None if bias is None else bias.detach().contiguous()
-        cached = forms[form] = (key, packed, bias)
+        cached = _PACKED[layer] = (key, packed, bias)
     return cached[1], cached[2]
 
 

@@ -119,15 +119,6 @@ CVOPS_CPU_INLINE V masked(V m, V v) {
   return M::where(M::eq(m, M::c(0)), M::c(0), v);
 }
 
-template <typename F>
-void dispatch_gamma(double gamma, F&& f) {
-  if (gamma == 2.0) {
-    f(std::integral_constant<int, kGamma2>());
-  } else {
-    f(std::integral_constant<int, kGammaAny>());
-  }
-}
-
 constexpr int64_t kRowChunk = 4096;  // elements per partial sum (binary / multilabel)
 constexpr int64_t kPixChunk = 256;   // pixels per partial sum (multiclass)
 

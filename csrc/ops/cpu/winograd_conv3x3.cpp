@@ -37,6 +37,14 @@ constexpr int64_t kTileGrain = 16;
 struct TileGrid {
   int64_t n, h, w, th, tw;
   int64_t tiles() const { return n * th * tw; }
+  // Tile t's image and the row and column of its top-left output pixel.
+  struct Tile {
+    int64_t img, row, col;
+  };
+  Tile tile(int64_t t) const { return {t / (th * tw), 2 * (t / tw % th), 2 * (t % tw)}; }
+  bool inside(int64_t y, int64_t x) const { return y >= 0 && y < h && x >= 0 && x < w; }
+  // Offset of pixel (y, x) of image img in channels-last memory, in units of its C channels.
+  int64_t pixel(int64_t img, int64_t y, int64_t x) const { return (img * h + y) * w + x; }
 };
 
 TileGrid grid_of(int64_t n, int64_t h, int64_t w) { return {n, h, w, (h + 1) / 2, (w + 1) / 2}; }
@@ -93,15 +101,13 @@ at::Tensor winograd_input_cpu(const at::Tensor& input, int64_t tile_begin, int64
   at::parallel_for(0, tiles, kTileGrain, [&](int64_t begin, int64_t end) {
     simd::dispatch_isa([&](auto lanes) CVOPS_ALWAYS_INLINE {
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t tile = tile_begin + t;
-        const int64_t img = tile / (g.th * g.tw), ty = tile / g.tw % g.th, tx = tile % g.tw;
+        const TileGrid::Tile tile = g.tile(tile_begin + t);
         const float* d[16];
         float* out[16];
         for (int i = 0; i < 4; ++i) {
           for (int j = 0; j < 4; ++j) {
-            const int64_t y = 2 * ty - 1 + i, xx = 2 * tx - 1 + j;
-            const bool inside = y >= 0 && y < g.h && xx >= 0 && xx < g.w;
-            d[4 * i + j] = inside ? src + ((img * g.h + y) * g.w + xx) * channels : zeros.data();
+            const int64_t y = tile.row - 1 + i, x = tile.col - 1 + j;
+            d[4 * i + j] = g.inside(y, x) ? src + g.pixel(tile.img, y, x) * channels : zeros.data();
             out[4 * i + j] = dst + ((4 * i + j) * tiles + t) * channels;
           }
         }
@@ -163,10 +169,12 @@ void winograd_output_cpu(at::Tensor& out, at::TensorList m, int64_t tile_begin,
     mc.push_back(t.contiguous());
   }
   if (tiles == 0 || channels == 0) return;
-  at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous()
-                                                     : at::zeros({channels}, m[0].options());
-  TORCH_CHECK_VALUE(b.numel() == channels && b.scalar_type() == at::kFloat, op,
-                    ": bias must be float32 with ", channels, " elements");
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->numel() == channels && bias->scalar_type() == at::kFloat, op,
+                      ": bias must be float32 with ", channels, " elements");
+    b = bias->contiguous();
+  }
   at::Tensor res;
   if (residual.has_value() && residual->defined()) {
     TORCH_CHECK_VALUE(residual->sizes() == out.sizes() && residual->scalar_type() == at::kFloat, op,
@@ -174,8 +182,8 @@ void winograd_output_cpu(at::Tensor& out, at::TensorList m, int64_t tile_begin,
                       " ", residual->sizes());
     res = residual->contiguous(at::MemoryFormat::ChannelsLast);
   }
-  const std::vector<float> zeros(channels, 0.f);
-  const float* bp = b.const_data_ptr<float>();
+  const std::vector<float> zeros(channels, 0.f);  // the absent bias and residual
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : zeros.data();
   const float* rp = res.defined() ? res.const_data_ptr<float>() : nullptr;
   float* dst = out.mutable_data_ptr<float>();
   const float* mp[16];
@@ -183,26 +191,25 @@ void winograd_output_cpu(at::Tensor& out, at::TensorList m, int64_t tile_begin,
   at::parallel_for(0, tiles, kTileGrain, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(channels);  // the outputs past an odd h or w
     simd::dispatch_isa([&](auto lanes) CVOPS_ALWAYS_INLINE {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t tile = tile_begin + t;
-        const int64_t img = tile / (g.th * g.tw), ty = tile / g.tw % g.th, tx = tile % g.tw;
-        const float* mt[16];
-        for (int p = 0; p < 16; ++p) mt[p] = mp[p] + t * channels;
-        const float* r[4];
-        float* y[4];
-        for (int i = 0; i < 2; ++i) {
-          for (int j = 0; j < 2; ++j) {
-            const int64_t yy = 2 * ty + i, xx = 2 * tx + j;
-            const bool inside = yy < g.h && xx < g.w;
-            const int64_t at = ((img * g.h + yy) * g.w + xx) * channels;
-            y[2 * i + j] = inside ? dst + at : scratch.data();
-            r[2 * i + j] = inside && rp != nullptr ? rp + at : zeros.data();
+      simd::dispatch_bool(relu, [&](auto kRelu) CVOPS_ALWAYS_INLINE {
+        for (int64_t t = begin; t < end; ++t) {
+          const TileGrid::Tile tile = g.tile(tile_begin + t);
+          const float* mt[16];
+          for (int p = 0; p < 16; ++p) mt[p] = mp[p] + t * channels;
+          const float* r[4];
+          float* y[4];
+          for (int i = 0; i < 2; ++i) {
+            for (int j = 0; j < 2; ++j) {
+              const int64_t yy = tile.row + i, xx = tile.col + j;
+              const bool inside = g.inside(yy, xx);
+              const int64_t at = g.pixel(tile.img, yy, xx) * channels;
+              y[2 * i + j] = inside ? dst + at : scratch.data();
+              r[2 * i + j] = inside && rp != nullptr ? rp + at : zeros.data();
+            }
           }
-        }
-        simd::dispatch_bool(relu, [&](auto kRelu) CVOPS_ALWAYS_INLINE {
           output_tile<decltype(lanes)::value, decltype(kRelu)::value>(mt, bp, r, y, channels);
-        });
-      }
+        }
+      });
     });
   });
 }

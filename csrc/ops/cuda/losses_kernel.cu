@@ -35,15 +35,6 @@ using namespace loss_launch;
 
 constexpr int kThreads = kStatsThreads;
 
-template <typename F>
-void dispatch_gamma(double gamma, F&& f) {
-  if (gamma == 2.0) {
-    f(std::integral_constant<int, kGamma2>());
-  } else {
-    f(std::integral_constant<int, kGammaAny>());
-  }
-}
-
 struct FocalArgs {
   double a1, a0, gamma;
 };
