@@ -111,7 +111,8 @@ def expected_routes(
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
     strided = sh > 1 or sw > 1
     small = oh * ow <= (BLOCKED_MAX_PLANE_STRIDED if strided else BLOCKED_MAX_PLANE)
-    fallback = "blocked" if mult == 1 and small else "plane"
+    blocked = mult == 1 and dtype != torch.float64 and (small or channels_last)
+    fallback = "blocked" if blocked else "plane"
     masked_ok = (
         avx512
         and dtype == torch.float32

@@ -1,9 +1,10 @@
 """Depthwise conv2d CPU: the channel-blocked kernel, blocked (multiplier 1, any dtype and
-memory format; the plan's choice for small output planes, out_h * out_w <= 30 * 30 at unit
-stride and <= 56 * 56 with a stride > 1, where the AVX-512 kernels do not take the call) and
-the plane kernel, plane (everything: the plan's choice for the rest), each forced on the same
-shapes with force_cpu_kernel, against F.conv2d(groups=C) for the output and all gradients;
-and the plan's own choice between them (routes asserted through cpu_plan)."""
+memory format; the plan's choice, where the AVX-512 kernels do not take the call, for
+channels-last tensors and for small NCHW output planes, out_h * out_w <= 30 * 30 at unit
+stride and <= 56 * 56 with a stride > 1, never for float64) and the plane kernel, plane
+(everything: the plan's choice for the rest), each forced on the same shapes with
+force_cpu_kernel, against F.conv2d(groups=C) for the output and all gradients; and the plan's
+own choice between them (routes asserted through cpu_plan)."""
 
 import pytest
 import torch
@@ -70,15 +71,17 @@ def test_small_planes_match_conv2d(path, case, dtype, channels_last):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_small_planes_plan(case, dtype, channels_last):
-    # The plan: blocked for all of these outside the AVX-512 kernels' calls (float64,
-    # channels-last, no AVX-512), else those (the model in _depthwise_routes).
+    # The plan: plane for float64; blocked for the rest outside the AVX-512 kernels' calls
+    # (channels-last, no AVX-512), else those (the model in _depthwise_routes).
     shape, kernel, stride, padding, dilation = case
     weight_shape = (shape[1], 1) + kernel
     if channels_last and shape[1] == 1:
         pytest.skip("one channel: channels-last and NCHW are the same layout")
     kw = dict(dtype=dtype, channels_last=channels_last)
     plan = assert_model_routes(shape, weight_shape, stride, padding, dilation, **kw)
-    if dtype == torch.float64 or channels_last:
+    if dtype == torch.float64:
+        assert plan == routes("plane")
+    elif channels_last:
         assert plan == routes("blocked")
 
 
@@ -181,8 +184,8 @@ def test_the_paths_differ(chosen):
     assert not torch.equal(got[chosen][0], got["plane"][0])
 
 
-# The plan's own choice between blocked and plane (float64: no AVX-512 kernel takes these),
-# at the size limits: out_h * out_w <= 30 * 30 at unit stride, <= 56 * 56 strided.
+# The plan's own choice between blocked and plane for NCHW bfloat16 (no AVX-512 kernel takes
+# these) at the size limits: out_h * out_w <= 30 * 30 at unit stride, <= 56 * 56 strided.
 DEFAULT_SELECTION = [
     # shape, stride, padding, kernel
     ((2, 16, 7, 7), 1, 1, "blocked"),
@@ -199,10 +202,12 @@ DEFAULT_SELECTION = [
 @pytest.mark.parametrize("case", DEFAULT_SELECTION, ids=str)
 def test_default_selection_small_and_large(case):
     shape, stride, padding, kernel = case
-    assert_routes(
-        shape, (shape[1], 1, 3, 3), stride, padding, 1, routes(kernel), dtype=torch.float64
-    )
-    assert_model_routes(shape, (shape[1], 1, 3, 3), stride, padding, 1, dtype=torch.float64)
+    w = (shape[1], 1, 3, 3)
+    assert_routes(shape, w, stride, padding, 1, routes(kernel), dtype=torch.bfloat16)
+    assert_model_routes(shape, w, stride, padding, 1, dtype=torch.bfloat16)
+    # channels-last: blocked at any size; float64: plane at any size
+    assert_routes(shape, w, stride, padding, 1, routes("blocked"), channels_last=True)
+    assert_routes(shape, w, stride, padding, 1, routes("plane"), dtype=torch.float64)
     check_against_conv2d(shape, (3, 3), (stride, stride), (padding, padding), (1, 1), 1, True)
 
 

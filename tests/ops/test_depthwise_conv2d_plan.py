@@ -33,7 +33,7 @@ from tests.ops.test_depthwise_conv2d import check_against_conv2d
 
 pytestmark = [requires_ops, pytest.mark.usefixtures("default_depthwise_path")]
 
-F32, F64 = torch.float32, torch.float64
+F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
 
 
 def R(forward, input_grad=None, weight_grad=None, backward="separate"):
@@ -92,24 +92,29 @@ TABLE = {
     # multiplier 2: plane, small or not
     "mult2_14": ((8, 32, 14, 14), (64, 1, 3, 3), 1, 1, 1, {}, R(PLANE), R(PLANE)),
     "mult2_56": ((8, 32, 56, 56), (64, 1, 3, 3), 1, 1, 1, {}, R(PLANE), R(PLANE)),
-    # float64: blocked on small output planes (30 x 30 at unit stride, 56 x 56 strided)
-    "f64_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"dtype": F64}, R(BLOCKED), R(BLOCKED)),
-    "f64_30": ((8, 32, 30, 30), (32, 1, 3, 3), 1, 1, 1, {"dtype": F64}, R(BLOCKED), R(BLOCKED)),
-    "f64_31": ((8, 32, 31, 31), (32, 1, 3, 3), 1, 1, 1, {"dtype": F64}, R(PLANE), R(PLANE)),
-    "f64_56": ((8, 32, 56, 56), (32, 1, 3, 3), 1, 1, 1, {"dtype": F64}, R(PLANE), R(PLANE)),
+    # float64: plane at any size (blocked's double vectors are slower)
+    "f64_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"dtype": F64}, R(PLANE), R(PLANE)),
     "f64_112_s2": ((8, 32, 112, 112), (32, 1, 3, 3), 2, 1, 1, {"dtype": F64},
-                   R(BLOCKED), R(BLOCKED)),
-    "f64_114_s2": ((8, 32, 114, 114), (32, 1, 3, 3), 2, 1, 1, {"dtype": F64},  # 57 x 57
                    R(PLANE), R(PLANE)),
-    "bf16_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"dtype": torch.bfloat16},
-                R(BLOCKED), R(BLOCKED)),
-    # channels-last: blocked on small planes, else plane
+    # bfloat16 NCHW: blocked on small output planes (30 x 30 at unit stride, 56 x 56 strided)
+    "bf16_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"dtype": BF16}, R(BLOCKED), R(BLOCKED)),
+    "bf16_30": ((8, 32, 30, 30), (32, 1, 3, 3), 1, 1, 1, {"dtype": BF16}, R(BLOCKED), R(BLOCKED)),
+    "bf16_31": ((8, 32, 31, 31), (32, 1, 3, 3), 1, 1, 1, {"dtype": BF16}, R(PLANE), R(PLANE)),
+    "bf16_112_s2": ((8, 32, 112, 112), (32, 1, 3, 3), 2, 1, 1, {"dtype": BF16},
+                    R(BLOCKED), R(BLOCKED)),
+    "bf16_114_s2": ((8, 32, 114, 114), (32, 1, 3, 3), 2, 1, 1, {"dtype": BF16},  # 57 x 57
+                    R(PLANE), R(PLANE)),
+    # channels-last: blocked at any size (it reads the strides; plane copies to NCHW first)
     "cl_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"channels_last": True},
               R(BLOCKED), R(BLOCKED)),
     "cl_56": ((8, 144, 56, 56), (144, 1, 3, 3), 1, 1, 1, {"channels_last": True},
-              R(PLANE), R(PLANE)),
+              R(BLOCKED), R(BLOCKED)),
+    "cl_112_bf16": ((8, 32, 112, 112), (32, 1, 3, 3), 1, 1, 1,
+                    {"channels_last": True, "dtype": BF16}, R(BLOCKED), R(BLOCKED)),
     "cl_56_s2": ((8, 144, 56, 56), (144, 1, 3, 3), 2, 1, 1, {"channels_last": True},
                  R(BLOCKED), R(BLOCKED)),
+    "cl_f64_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"channels_last": True, "dtype": F64},
+                  R(PLANE), R(PLANE)),
 }
 # fmt: on
 
@@ -342,7 +347,7 @@ def test_unknown_kernel_name():
         with forced("bogus"):
             pass
     # nothing left forced
-    assert cpu_plan((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, dtype=F64) == R(BLOCKED)
+    assert cpu_plan((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, dtype=BF16) == R(BLOCKED)
 
 
 def test_forcing_nests_and_restores():
@@ -380,7 +385,7 @@ def test_env_var_forces_a_kernel():
         "want = dict(forward='plane', input_grad='plane', weight_grad='plane',\n"
         "            backward='separate')\n"
         "assert plan((8, 144, 56, 56), (144, 1, 3, 3), 1, 1) == want\n"
-        "assert plan((2, 8, 7, 7), (8, 1, 3, 3), 1, 1, dtype=torch.float64) == want\n"
+        "assert plan((2, 8, 7, 7), (8, 1, 3, 3), 1, 1, dtype=torch.bfloat16) == want\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
         "with dw.force_cpu_kernel('blocked'):\n"  # the context manager overrides it
         "    assert plan((8, 144, 56, 56), (144, 1, 3, 3), 1, 1)['forward'] == 'blocked'\n"
@@ -407,11 +412,11 @@ def test_env_var_is_read_once():
         "blocked = dict(forward='blocked', input_grad='blocked', weight_grad='blocked',\n"
         "               backward='separate')\n"
         "small = ((2, 8, 7, 7), (8, 1, 3, 3), 1, 1)\n"
-        "assert plan(*small, dtype=torch.float64) == blocked\n"
+        "assert plan(*small, dtype=torch.bfloat16) == blocked\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
         "os.environ['CVOPS_DEPTHWISE_CPU_PATH'] = 'plane'\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
-        "assert plan(*small, dtype=torch.float64) == blocked\n"
+        "assert plan(*small, dtype=torch.bfloat16) == blocked\n"
         "print('OK')\n"
     )
     run_python(code, **{ENV: None})
@@ -420,10 +425,10 @@ def test_env_var_is_read_once():
         "             backward='separate')\n"
         "small = ((2, 8, 7, 7), (8, 1, 3, 3), 1, 1)\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
-        "assert plan(*small, dtype=torch.float64) == plane\n"
+        "assert plan(*small, dtype=torch.bfloat16) == plane\n"
         "del os.environ['CVOPS_DEPTHWISE_CPU_PATH']\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
-        "assert plan(*small, dtype=torch.float64) == plane\n"
+        "assert plan(*small, dtype=torch.bfloat16) == plane\n"
         "print('OK')\n"
     )
     run_python(code, **{ENV: "plane"})

@@ -1,8 +1,8 @@
 // The depthwise convolution's CPU ops and the plan that picks their kernel.
 //
 // plan() walks kRules in priority order and runs the first kernel that can compute the call
-// (its capability check, `<kernel>_applies`) and that the rule prefers there (blocked only
-// on small output planes); the kernels themselves never route. The order is "most
+// (its capability check, `<kernel>_applies`) and that the rule prefers there (blocked on
+// channels-last tensors and small planes, not float64); the kernels themselves never route. The order is "most
 // specialised first": each AVX-512 kernel is faster than the ones below it on every shape
 // its check accepts (the measurements behind each rule are in docs/depthwise_conv2d.md,
 // "Decision log"), and plane computes everything. CVOPS_DEPTHWISE_CPU_PATH=<kernel>, read
@@ -36,14 +36,22 @@ bool avx512_float_nchw(const DepthwiseCall& call) {
 
 namespace {
 
-// Largest out_h * out_w the plan gives the blocked kernel, at unit stride and at larger
-// strides (above them plane is faster; tuned on the 2-core Zen 5 VM, see
+// Largest NCHW out_h * out_w the plan gives the blocked kernel, at unit stride and at larger
+// strides (above them plane is as fast or faster; tuned on the 2-core Zen 5 VM, see
 // docs/depthwise_conv2d.md).
 constexpr int64_t kBlockedMaxPlane = 30 * 30;
 constexpr int64_t kBlockedMaxPlaneStrided = 56 * 56;
 
-bool small_output_plane(const DepthwiseParams& p) {
-  return p.out_h * p.out_w <= (p.unit_stride() ? kBlockedMaxPlane : kBlockedMaxPlaneStrided);
+// Where the plan gives blocked a call it can compute: channels-last tensors of any size (it
+// reads their strides, where plane first copies them to NCHW: 3-17x slower on 7x7 to 224x224
+// planes) and small NCHW planes; never float64 (blocked's 8-lane double vectors run ~4x
+// slower than plane's, even on 14x14 planes). Measured on the 2-core Zen 5 VM, see
+// docs/depthwise_conv2d.md.
+bool blocked_preferred(const DepthwiseCall& call) {
+  const DepthwiseParams& p = call.p;
+  const bool small =
+      p.out_h * p.out_w <= (p.unit_stride() ? kBlockedMaxPlane : kBlockedMaxPlaneStrided);
+  return call.dtype != at::kDouble && (small || !call.nchw);
 }
 
 struct Rule {
@@ -53,7 +61,7 @@ struct Rule {
   // only this).
   bool (*applies)(const DepthwiseCall&, DepthwiseDirection);
   // Where the plan chooses it among the kernels that can (nullptr: wherever it can).
-  bool (*preferred)(const DepthwiseParams&);
+  bool (*preferred)(const DepthwiseCall&);
 };
 
 // Priority order: the plan runs the first kernel that applies and is preferred.
@@ -62,7 +70,7 @@ constexpr Rule kRules[] = {
     {DepthwiseKernel::kStride2_512, "stride2_512", &stride2_512_applies, nullptr},
     {DepthwiseKernel::kRows512, "rows512", &rows512_applies, nullptr},
     {DepthwiseKernel::kMasked, "masked", &masked_applies, nullptr},
-    {DepthwiseKernel::kBlocked, "blocked", &blocked_applies, &small_output_plane},
+    {DepthwiseKernel::kBlocked, "blocked", &blocked_applies, &blocked_preferred},
     {DepthwiseKernel::kPlane, "plane", &plane_applies, nullptr},
 };
 
@@ -134,7 +142,7 @@ const Rule* plan(const DepthwiseCall& call, DepthwiseDirection direction) {
   }
   for (const Rule& r : kRules)
     if (implements(r.kernel, direction) && r.applies(call, direction) &&
-        (r.preferred == nullptr || r.preferred(call.p)))
+        (r.preferred == nullptr || r.preferred(call)))
       return &r;
   TORCH_INTERNAL_ASSERT(direction == DepthwiseDirection::kBackward,
                         "no depthwise CPU kernel for this call");

@@ -1,6 +1,7 @@
-"""Depthwise conv2d cases (fp32, NCHW): MobileNetV2's depthwise layers plus a 5x5 and a 7x7
-layer, forward and forward+backward, against F.conv2d(groups=C) (PyTorch's own kernel,
-oneDNN on CPU, its native kernel or cuDNN on CUDA)."""
+"""Depthwise conv2d cases (fp32): MobileNetV2's depthwise layers plus a 5x5 and a 7x7 layer
+(NCHW), and one layer channels-last, forward and forward+backward, against
+F.conv2d(groups=C) (PyTorch's own kernel, oneDNN on CPU, its native kernel or cuDNN on
+CUDA) on the same tensors."""
 
 import torch
 import torch.nn.functional as F
@@ -10,11 +11,11 @@ import cvops
 from ..harness import BenchCase, register
 
 
-def _case(shape, kernel, stride, backward):
+def _case(shape, kernel, stride, backward, memory_format=torch.contiguous_format):
     def make(device):
         c = shape[1]
         pad = kernel // 2
-        x = torch.randn(shape, device=device)
+        x = torch.randn(shape, device=device).contiguous(memory_format=memory_format)
         w = torch.randn(c, 1, kernel, kernel, device=device)
         b = torch.randn(c, device=device)
 
@@ -42,14 +43,16 @@ def _case(shape, kernel, stride, backward):
     return make
 
 
-for _name, _shape, _k, _s in [
-    ("mnv2 [8,32,112,112] 3x3", (8, 32, 112, 112), 3, 1),
-    ("mnv2 [8,144,56,56] 3x3", (8, 144, 56, 56), 3, 1),
-    ("mnv2 [8,192,28,28] 3x3 s2", (8, 192, 28, 28), 3, 2),
-    ("mnv2 [8,384,14,14] 3x3", (8, 384, 14, 14), 3, 1),
-    ("mnv2 [8,960,7,7] 3x3", (8, 960, 7, 7), 3, 1),
-    ("[8,144,56,56] 5x5", (8, 144, 56, 56), 5, 1),
-    ("[8,96,56,56] 7x7", (8, 96, 56, 56), 7, 1),
+_CL = torch.channels_last
+for _name, _shape, _k, _s, _format in [
+    ("mnv2 [8,32,112,112] 3x3", (8, 32, 112, 112), 3, 1, None),
+    ("mnv2 [8,144,56,56] 3x3", (8, 144, 56, 56), 3, 1, None),
+    ("mnv2 [8,192,28,28] 3x3 s2", (8, 192, 28, 28), 3, 2, None),
+    ("mnv2 [8,384,14,14] 3x3", (8, 384, 14, 14), 3, 1, None),
+    ("mnv2 [8,960,7,7] 3x3", (8, 960, 7, 7), 3, 1, None),
+    ("[8,144,56,56] 5x5", (8, 144, 56, 56), 5, 1, None),
+    ("[8,96,56,56] 7x7", (8, 96, 56, 56), 7, 1, None),
+    ("mnv2 [8,144,56,56] 3x3 channels-last", (8, 144, 56, 56), 3, 1, _CL),
 ]:
     for _bwd in (False, True):
         register(
@@ -57,7 +60,7 @@ for _name, _shape, _k, _s in [
                 "depthwise_conv2d",
                 _name + (" fwd+bwd" if _bwd else " fwd"),
                 "float32",
-                _case(_shape, _k, _s, _bwd),
+                _case(_shape, _k, _s, _bwd, _format or torch.contiguous_format),
                 reference="F.conv2d(groups=C)",
             )
         )
