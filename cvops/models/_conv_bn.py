@@ -19,6 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops as _ops
+from ..ops import depthwise_conv2d
+
+# one node in torch.fx graphs, as where cvops.ops defines it (fx.wrap patches this module's
+# name only)
+torch.fx.wrap("depthwise_conv2d")
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -84,7 +89,7 @@ def fold_bn(conv: nn.Module, bn: nn.Module) -> Tuple[Tensor, Tensor]:
 def conv_forward(conv: nn.Module, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``conv`` (an ``nn.Conv2d`` or a cvops ``DepthwiseConv2d``) with other parameters."""
     if is_depthwise(conv):
-        return _ops.depthwise_conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
+        return depthwise_conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 

@@ -171,6 +171,8 @@ class ConvReLU(nn.Sequential):
         super().__init__(conv, nn.ReLU(inplace=True))
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # (conv_block takes modules, which TorchScript cannot)
+            return self[1](self[0](x))
         return conv_block(self[0], x, relu=True)
 
 
@@ -182,4 +184,6 @@ class ConvBN(nn.Sequential):
         super().__init__(conv, norm)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # (conv_block takes modules, which TorchScript cannot)
+            return self[1](self[0](x))
         return conv_block(self[0], x, self[1])

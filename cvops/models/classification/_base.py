@@ -86,8 +86,13 @@ class SequentialHeadMixin(ClassifierMixin):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.avgpool(x).flatten(1)
-        head = self.classifier[:-1] if pre_logits else self.classifier
-        return head(x)
+        if not pre_logits:
+            return self.classifier(x)
+        last = len(self.classifier) - 1  # (a loop, not a slice: TorchScript types the two apart)
+        for i, layer in enumerate(self.classifier):
+            if i < last:
+                x = layer(x)
+        return x
 
     def get_classifier(self) -> nn.Module:
         return self.classifier[-1]

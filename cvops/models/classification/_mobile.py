@@ -1,6 +1,7 @@
 """Building blocks shared by the MobileNets: the cvops depthwise convolution and a
 conv-BN-activation unit that folds the BN into the conv in eval mode (models/_conv_bn.py)."""
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,10 +52,14 @@ class ConvBNAct(nn.Sequential):
             layers.append(nn.ReLU6(inplace=True))
         super().__init__(*layers)
         self.out_channels = out_channels
+        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        x = conv_bn(self[0], self[1], x)
-        return relu6_(x) if len(self) > 2 else x
+        if torch.jit.is_scripting():  # (conv_bn takes modules, which TorchScript cannot)
+            x = self[1](self[0](x))
+        else:
+            x = conv_bn(self[0], self[1], x)
+        return relu6_(x) if self.activation else x
 
 
 def init_mobile_weights(model: nn.Module) -> None:

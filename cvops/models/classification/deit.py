@@ -7,7 +7,7 @@ A distilled model returns ``(cls_logits, dist_logits)`` in training mode, for
 two heads' logits in eval mode. Other input sizes resample the position embedding.
 """
 
-from typing import Tuple, Union
+from typing import Final, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,10 @@ from torch import Tensor
 from .._registry import register_model
 from ._base import ClassifierMixin, check_num_classes, check_prob, linear_or_identity
 from .vit import check_patch_geometry, patch_grid, resample_pos_embed, self_attention
+
+# one node each in torch.fx graphs, as in vit.py (fx.wrap patches this module's names only)
+torch.fx.wrap("patch_grid")
+torch.fx.wrap("resample_pos_embed")
 
 
 class PatchEmbed(nn.Module):
@@ -82,6 +86,9 @@ class Block(nn.Module):
 
 
 class DeiT(ClassifierMixin, nn.Module):
+    # a constant to TorchScript: dist_token and head_dist exist only when it is set
+    distilled: Final[bool]
+
     def __init__(
         self,
         *,
@@ -144,6 +151,10 @@ class DeiT(ClassifierMixin, nn.Module):
         x = torch.cat(prefix + [x], dim=1)
         pos = resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
         return self.norm(self.blocks(self.pos_drop(x + pos)))
+
+    def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        # (ClassifierMixin's, with the return type a distilled model has in training)
+        return self.forward_head(self.forward_features(x))
 
     def forward_head(
         self, x: Tensor, pre_logits: bool = False

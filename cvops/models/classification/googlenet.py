@@ -150,8 +150,8 @@ class GoogLeNet(ClassifierMixin, nn.Module):
         # ImageNet-normalised input -> the (x - 0.5) / 0.5 normalisation the original used.
         if not self.transform_input:
             return x
-        mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        mean = torch.tensor([0.485, 0.456, 0.406], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return x * (std / 0.5) + (mean - 0.5) / 0.5
 
     def _trunk(

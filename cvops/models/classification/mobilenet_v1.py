@@ -36,6 +36,9 @@ class DepthwiseSeparableConv(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # (conv_bn takes modules, which TorchScript cannot)
+            x = relu6_(self.bn1(self.conv_dw(x)))
+            return relu6_(self.bn2(self.conv_pw(x)))
         x = relu6_(conv_bn(self.conv_dw, self.bn1, x))
         return relu6_(conv_bn(self.conv_pw, self.bn2, x))
 
@@ -65,7 +68,10 @@ class MobileNetV1(ClassifierMixin, nn.Module):
         init_mobile_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = relu6_(conv_bn(self.conv_stem, self.bn1, x))
+        if torch.jit.is_scripting():  # (conv_bn takes modules, which TorchScript cannot)
+            x = relu6_(self.bn1(self.conv_stem(x)))
+        else:
+            x = relu6_(conv_bn(self.conv_stem, self.bn1, x))
         return self.blocks(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

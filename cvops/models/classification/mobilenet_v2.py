@@ -50,10 +50,13 @@ class InvertedResidual(nn.Module):
         self.out_channels = oup
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x
-        for layer in self.conv[:-2]:
-            y = layer(y)
-        y = conv_bn(self.conv[-2], self.conv[-1], y)
+        if torch.jit.is_scripting():  # (conv_bn takes modules, which TorchScript cannot)
+            y = self.conv(x)
+        else:
+            y = x
+            for layer in self.conv[:-2]:
+                y = layer(y)
+            y = conv_bn(self.conv[-2], self.conv[-1], y)
         return x + y if self.use_res_connect else y
 
 

@@ -75,6 +75,9 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
+        if torch.jit.is_scripting():  # (conv_block takes modules, which TorchScript cannot)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + identity)
         out = conv_block(self.conv1, x, self.bn1, relu=True)
         return conv_block(self.conv2, out, self.bn2, relu=True, residual=identity)
 
@@ -110,6 +113,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
+        if torch.jit.is_scripting():  # (conv_block takes modules, which TorchScript cannot)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            return self.relu(self.bn3(self.conv3(out)) + identity)
         out = conv_block(self.conv1, x, self.bn1, relu=True)
         out = conv_block(self.conv2, out, self.bn2, relu=True)
         return conv_block(self.conv3, out, self.bn3, relu=True, residual=identity)
@@ -212,7 +219,10 @@ class ResNet(ClassifierMixin, nn.Module):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.maxpool(conv_block(self.conv1, x, self.bn1, relu=True))
+        if torch.jit.is_scripting():  # (conv_block takes modules, which TorchScript cannot)
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        else:
+            x = self.maxpool(conv_block(self.conv1, x, self.bn1, relu=True))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

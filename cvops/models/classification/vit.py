@@ -40,6 +40,7 @@ def self_attention(
     return F.linear(out.transpose(1, 2).reshape(b, n, d), proj_weight, proj_bias)
 
 
+@torch.fx.wrap  # one node in torch.fx graphs: it branches on the grid size
 def resample_pos_embed(
     pos_embed: Tensor, new_grid: Tuple[int, int], old_grid: Tuple[int, int], num_prefix: int
 ) -> Tensor:
@@ -62,10 +63,11 @@ def check_patch_geometry(image_size: int, patch_size: int) -> None:
         )
 
 
+@torch.fx.wrap  # one node in torch.fx graphs: it checks the input's shape
 def patch_grid(x: Tensor, patch_size: int) -> Tuple[int, int]:
     if x.dim() != 4:
-        raise ValueError("input must be [N, C, H, W], got shape %s" % (tuple(x.shape),))
-    h, w = x.shape[-2:]
+        raise ValueError("input must be [N, C, H, W], got shape " + str(list(x.shape)))
+    h, w = x.shape[2], x.shape[3]
     if h % patch_size or w % patch_size:
         raise ValueError(
             "input height and width must be multiples of the patch size %d, got %dx%d"

@@ -4,6 +4,7 @@ torchvision-style output dict, an ``IntermediateLayerGetter`` and the FCN head."
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -49,7 +50,7 @@ def check_choice(value, name: str, choices):
     return value
 
 
-def resize_to(x: Tensor, size) -> Tensor:
+def resize_to(x: Tensor, size: List[int]) -> Tensor:
     """Bilinear resize (align_corners=False) to ``size``, torchvision's segmentation upsampling."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
@@ -79,8 +80,14 @@ class IntermediateLayerGetter(nn.ModuleDict):
         super().__init__(layers)
         self.return_layers = dict(return_layers)
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        out = OrderedDict()
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        out: Dict[str, Tensor] = OrderedDict()
+        if torch.jit.is_scripting():  # each child on its own (conv_block takes modules)
+            for name, module in self.items():
+                x = module(x)
+                if name in self.return_layers:
+                    out[self.return_layers[name]] = x
+            return out
         items = list(self.items())
         i = 0
         while i < len(items):
@@ -143,7 +150,7 @@ class SimpleSegmentationModel(nn.Module):
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         size = x.shape[-2:]
         features = self.backbone(x)
-        result = OrderedDict()
+        result: Dict[str, Tensor] = OrderedDict()
         result["out"] = resize_to(self.classifier(features["out"]), size)
         if self.aux_classifier is not None:
             result["aux"] = resize_to(self.aux_classifier(features["aux"]), size)

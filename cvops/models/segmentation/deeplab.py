@@ -168,7 +168,10 @@ class ASPPPooling(nn.Sequential):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return resize_to(super().forward(x), x.shape[-2:])
+        size = x.shape[-2:]
+        for module in self:  # (a loop, not super().forward: TorchScript has no super())
+            x = module(x)
+        return resize_to(x, size)
 
 
 class ASPP(nn.Module):
