@@ -1,10 +1,10 @@
-"""The classifiers and torchvision's segmentation models script with torch.jit.script and
+"""The classifiers and the segmentation models on them script with torch.jit.script and
 trace with torch.fx, as torchvision's do: every classifier family (AlexNet, VGG, ResNet basic
-and bottleneck, MobileNet v1/v2, GoogLeNet, ViT, DeiT plain and distilled) and FCN /
-DeepLabV3 (ResNet-50, MobileNetV2), scripted, saved and loaded again, or symbolically
-traced, gives the eager model's outputs. The scripted models run the reference ops (no BN
-folding, no oneDNN path), so eval outputs agree within float32 rounding of the folding;
-training outputs (dropout off) agree to the same bound."""
+and bottleneck, MobileNet v1/v2, GoogLeNet, ViT, DeiT plain and distilled), FCN / DeepLabV3
+(ResNet-50, MobileNetV2) and DeepLab v1 (VGG) / v2 (ResNet-101), scripted, saved and loaded
+again, or symbolically traced, gives the eager model's outputs. The scripted models run the
+reference ops (no BN folding, no oneDNN path), so eval outputs agree within float32 rounding
+of the folding; training outputs (dropout off) agree to the same bound."""
 
 import io
 import warnings
@@ -62,6 +62,8 @@ MODELS = {
     "fcn_resnet50": (lambda: get_model("fcn_resnet50", num_classes=5, aux_loss=True), 64),
     "deeplabv3_resnet50": (lambda: get_model("deeplabv3_resnet50", num_classes=5), 64),
     "deeplabv3_mobilenet_v2": (lambda: get_model("deeplabv3_mobilenet_v2", num_classes=5), 64),
+    "deeplabv1_largefov": (lambda: get_model("deeplabv1_largefov", num_classes=5), 64),
+    "deeplabv2": (lambda: get_model("deeplabv2", num_classes=5), 64),
     "deit_distilled": (lambda: _tiny_deit(distilled=True), 32),
 }
 
@@ -89,6 +91,19 @@ def _eval_model(name):
     return model.eval(), size
 
 
+def _assert_close(got, want):
+    """Within float32 rounding of a different op order (BN folded or not, oneDNN, Winograd):
+    1e-4 relative, plus 1e-5 of the output's largest magnitude (random deep nets, such as
+    DeepLab v2's ResNet-101, reach 1e4 with outputs near zero beside them)."""
+    if isinstance(want, dict):
+        assert set(got) == set(want)
+        for key in want:
+            _assert_close(got[key], want[key])
+        return
+    atol = 1e-5 * max(want.abs().max().item(), 1.0)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=atol)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_scripted_model_matches_eager(name):
     model, size = _eval_model(name)
@@ -97,7 +112,7 @@ def test_scripted_model_matches_eager(name):
     with torch.no_grad():
         want = model(x)
         got = loaded(x)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # (dicts key by key)
+    _assert_close(got, want)
 
 
 def test_scripted_googlenet_training_outputs():
@@ -140,11 +155,11 @@ def test_fx_traced_model_matches_eager(name):
     traced = torch.fx.symbolic_trace(model)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
+        _assert_close(traced(x), model(x))
     if name.startswith(("vit", "deit")):  # the grid check and resampling run at call time
         with torch.no_grad():
             y = torch.randn(1, 3, 2 * size, size)
-            torch.testing.assert_close(traced(y), model(y), rtol=1e-5, atol=1e-5)
+            _assert_close(traced(y), model(y))
         with pytest.raises(ValueError, match="multiples of the patch size"):
             traced(torch.randn(1, 3, size + 1, size))
 

@@ -96,9 +96,10 @@ class ASPPSum(nn.Module):
         self.branches = nn.ModuleList(branches)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.branches[0](x)
-        for branch in self.branches[1:]:
-            out = out + branch(x)
+        logits = [branch(x) for branch in self.branches]  # (TorchScript: no ModuleList slices)
+        out = logits[0]
+        for branch_logits in logits[1:]:
+            out = out + branch_logits
         return out
 
 
