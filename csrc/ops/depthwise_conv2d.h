@@ -5,10 +5,9 @@
 // co / multiplier, and output pixel o along one axis reads input i = o * s - p + k * d for the
 // kernel taps k in [0, K).
 //
-// The CPU kernels work on a zero-padded copy of each input plane whose columns are split by
-// phase (column c of the padded row goes to phase c % s at index c / s). Tap k of output o then
-// reads phase (k * d) % s at index o + (k * d) / s: consecutive outputs read consecutive
-// memory for every stride, which is what lets the row loops vectorise.
+// The blocked CPU kernel's strided input gradient splits the zero-padded plane by stride
+// phase (padded coordinate c goes to phase c % s at index c / s): tap k of output o then reads
+// phase (k * d) % s at index o + (k * d) / s, so each phase is a stride-1 correlation.
 #pragma once
 
 #include <cstdint>
@@ -57,8 +56,7 @@ CVOPS_HOST_DEVICE inline int64_t source_output(int64_t i, int64_t k, int64_t s, 
   return o < out ? o : -1;
 }
 
-// Phase-split padded layout (CPU kernels): padded column c -> (phase, index).
-CVOPS_HOST_DEVICE inline int64_t phase_of(int64_t c, int64_t s) { return c % s; }
+// Phase-split padded layout (the blocked kernel): padded column c -> (phase, index).
 CVOPS_HOST_DEVICE inline int64_t phase_index(int64_t c, int64_t s) { return c / s; }
 // Length of every phase row for a padded width wp (the longest phase, phase 0).
 CVOPS_HOST_DEVICE inline int64_t phase_length(int64_t wp, int64_t s) { return (wp + s - 1) / s; }

@@ -10,7 +10,7 @@ import torch
 from ._utils import pair
 
 # Priority order: the plan takes the first kernel whose capability check accepts the call.
-CPU_KERNELS = ("backward512", "stride2_512", "rows512", "masked", "blocked", "plane")
+CPU_KERNELS = ("backward512", "stride2_512", "rows512", "masked", "blocked")
 DIRECTIONS = ("forward", "input_grad", "weight_grad", "backward")
 
 

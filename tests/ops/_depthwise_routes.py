@@ -27,10 +27,8 @@ ENV = "CVOPS_DEPTHWISE_CPU_PATH"
 DIRECTIONS = ("forward", "input_grad", "weight_grad", "backward")
 AVX512_KERNELS = ("backward512", "stride2_512", "rows512", "masked")
 
-# Thresholds of the plan (csrc/ops/cpu): blocked's largest output planes, the stride-2 and
-# row kernels' widths, the fused backward's rows.
-BLOCKED_MAX_PLANE = 30 * 30
-BLOCKED_MAX_PLANE_STRIDED = 56 * 56
+# Thresholds of the plan (csrc/ops/cpu): the stride-2 and row kernels' widths, the fused
+# backward's rows.
 STRIDE2_MAX_OUT_W = 32
 ROWS512_WEIGHT_GRAD_MAX_OUT_W = 64
 BACKWARD512_MAX_W = 15
@@ -109,10 +107,6 @@ def expected_routes(
     ph, pw = _pair(padding)
     dh, dw = _pair(dilation)
     oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    strided = sh > 1 or sw > 1
-    small = oh * ow <= (BLOCKED_MAX_PLANE_STRIDED if strided else BLOCKED_MAX_PLANE)
-    blocked = mult == 1 and dtype != torch.float64 and (small or channels_last)
-    fallback = "blocked" if blocked else "plane"
     masked_ok = (
         avx512
         and dtype == torch.float32
@@ -125,7 +119,7 @@ def expected_routes(
     )
     if not masked_ok:
         return dict(
-            forward=fallback, input_grad=fallback, weight_grad=fallback, backward="separate"
+            forward="blocked", input_grad="blocked", weight_grad="blocked", backward="separate"
         )
     unit = (sh, sw) == (1, 1) and (dh, dw) == (1, 1)
     stride2 = (

@@ -104,14 +104,14 @@ def test_matches_conv2d_float64(device, case, bias):
 @pytest.mark.parametrize("case", MOBILENET_LIKE, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cpu_routes(case, dtype):
-    # The CPU plan for these: multiplier 2 and float64 always the plane kernel; the rest small
-    # planes, the AVX-512 kernels' (or blocked without AVX-512) in float32.
+    # The CPU plan for these: multiplier 2 and float64 the blocked kernel; float32 the AVX-512
+    # kernels' (or blocked without AVX-512).
     shape, kernel, stride, padding, dilation, mult = case
     weight_shape = (shape[1] * mult, 1) + kernel
     plan = assert_model_routes(shape, weight_shape, stride, padding, dilation, dtype=dtype)
     if mult > 1 or dtype == torch.float64:
         assert plan == dict(
-            forward="plane", input_grad="plane", weight_grad="plane", backward="separate"
+            forward="blocked", input_grad="blocked", weight_grad="blocked", backward="separate"
         )
 
 

@@ -76,9 +76,7 @@ def test_fused_shapes_match_conv2d(shape):
     check(shape)
 
 
-@pytest.mark.parametrize(
-    "kernel", ["plane", "blocked", pytest.param("masked", marks=requires_avx512)]
-)
+@pytest.mark.parametrize("kernel", ["blocked", pytest.param("masked", marks=requires_avx512)])
 @pytest.mark.parametrize("shape", [(8, 16, 7, 7), (3, 5, 7, 7), (2, 3, 14, 14)], ids=str)
 def test_fused_shapes_with_another_kernel_forced(kernel, shape):
     # a forced kernel other than backward512: the two gradients run separately, on it

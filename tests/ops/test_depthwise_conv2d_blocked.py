@@ -1,10 +1,7 @@
-"""Depthwise conv2d CPU: the channel-blocked kernel, blocked (multiplier 1, any dtype and
-memory format; the plan's choice, where the AVX-512 kernels do not take the call, for
-channels-last tensors and for small NCHW output planes, out_h * out_w <= 30 * 30 at unit
-stride and <= 56 * 56 with a stride > 1, never for float64) and the plane kernel, plane
-(everything: the plan's choice for the rest), each forced on the same shapes with
-force_cpu_kernel, against F.conv2d(groups=C) for the output and all gradients; and the plan's
-own choice between them (routes asserted through cpu_plan)."""
+"""Depthwise conv2d CPU: the channel-blocked kernel, blocked (any dtype, memory format,
+multiplier, stride and dilation: the plan's choice wherever the AVX-512 kernels do not take
+the call), forced on small planes with force_cpu_kernel, against F.conv2d(groups=C) for the
+output and all gradients; and the plan's choice of it (routes asserted through cpu_plan)."""
 
 import pytest
 import torch
@@ -28,10 +25,10 @@ def routes(kernel, backward="separate"):
     return dict(forward=kernel, input_grad=kernel, weight_grad=kernel, backward=backward)
 
 
-@pytest.fixture(params=["blocked", "plane"])
-def path(request, default_depthwise_path):
-    with forced(request.param):
-        yield request.param
+@pytest.fixture
+def path(default_depthwise_path):
+    with forced("blocked"):
+        yield "blocked"
 
 
 SMALL = [
@@ -71,17 +68,15 @@ def test_small_planes_match_conv2d(path, case, dtype, channels_last):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_small_planes_plan(case, dtype, channels_last):
-    # The plan: plane for float64; blocked for the rest outside the AVX-512 kernels' calls
-    # (channels-last, no AVX-512), else those (the model in _depthwise_routes).
+    # The plan: blocked outside the AVX-512 kernels' calls (float64, channels-last, no
+    # AVX-512), else those (the model in _depthwise_routes).
     shape, kernel, stride, padding, dilation = case
     weight_shape = (shape[1], 1) + kernel
     if channels_last and shape[1] == 1:
         pytest.skip("one channel: channels-last and NCHW are the same layout")
     kw = dict(dtype=dtype, channels_last=channels_last)
     plan = assert_model_routes(shape, weight_shape, stride, padding, dilation, **kw)
-    if dtype == torch.float64:
-        assert plan == routes("plane")
-    elif channels_last:
+    if dtype == torch.float64 or channels_last:
         assert plan == routes("blocked")
 
 
@@ -91,23 +86,31 @@ def test_low_precision(path, dtype, stride):
     check_against_conv2d((2, 12, 14, 14), (3, 3), (stride, stride), (1, 1), (1, 1), 1, True, dtype)
 
 
-def test_no_bias_and_multiplier_two(path):
+def test_no_bias(path):
     check_against_conv2d((2, 9, 7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
-    # multiplier > 1: only the plane kernel; forcing blocked there does not apply
-    if path == "blocked":
-        with pytest.raises(RuntimeError, match="does not apply"):
-            check_against_conv2d((2, 3, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1), 2, True)
-    else:
-        check_against_conv2d((2, 3, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1), 2, True)
 
 
-def test_multiplier_two_plan_is_plane():
-    # small or not, float32 or not: multiplier > 1 runs the plane kernel
-    for shape in ((2, 3, 7, 7), (2, 32, 56, 56)):
-        for dtype in (torch.float32, torch.float64):
-            w = (2 * shape[1], 1, 3, 3)
-            assert_routes(shape, w, 1, 1, 1, routes("plane"), dtype=dtype)
-            assert_routes(shape, w, 2, 1, 1, routes("plane"), dtype=dtype)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("multiplier", [2, 3])
+def test_multiplier(dtype, channels_last, multiplier):
+    # multiplier > 1: blocked on the input with each channel repeated (the input gradient sums
+    # the copies'), small or not, in every dtype and format
+    for shape, stride in (((2, 3, 7, 7), 2), ((2, 5, 40, 33), 1)):
+        w = (multiplier * shape[1], 1, 3, 3)
+        kw = dict(dtype=dtype, channels_last=channels_last)
+        assert_routes(shape, w, stride, 1, 1, routes("blocked"), **kw)
+        check_against_conv2d(
+            shape,
+            (3, 3),
+            (stride,) * 2,
+            (1, 1),
+            (1, 1),
+            multiplier,
+            True,
+            dtype,
+            channels_last=channels_last,
+        )
 
 
 def test_strided_views(path):
@@ -162,7 +165,6 @@ def test_weight_gradient_independent_of_thread_count(path, stride):
 @pytest.mark.parametrize(
     "chosen",
     [
-        "blocked",
         pytest.param("masked", marks=requires_avx512_for("masked")),
         pytest.param("rows512", marks=requires_avx512_for("rows512")),
     ],
@@ -173,46 +175,40 @@ def test_the_paths_differ(chosen):
     x = torch.randn(4, 16, 14, 14)
     g = torch.randn(4, 16, 14, 14)
     got = {}
-    for p in (chosen, "plane"):
+    for p in (chosen, "blocked"):
         with forced(p):
             assert_routes(x.shape, (16, 1, 3, 3), 1, 1, 1, {"weight_grad": p})
             got[p] = torch.ops.cvops._depthwise_conv2d_backward_weight(
                 g, x, 3, 3, [1, 1], [1, 1], [1, 1]
             )
-    for a, b in zip(got[chosen], got["plane"]):
+    for a, b in zip(got[chosen], got["blocked"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    assert not torch.equal(got[chosen][0], got["plane"][0])
+    assert not torch.equal(got[chosen][0], got["blocked"][0])
 
 
-# The plan's own choice between blocked and plane for NCHW bfloat16 (no AVX-512 kernel takes
-# these) at the size limits: out_h * out_w <= 30 * 30 at unit stride, <= 56 * 56 strided.
-DEFAULT_SELECTION = [
-    # shape, stride, padding, kernel
-    ((2, 16, 7, 7), 1, 1, "blocked"),
-    ((1, 9, 30, 30), 1, 1, "blocked"),  # 900 outputs
-    ((1, 9, 31, 30), 1, 1, "plane"),  # 930
-    ((1, 9, 40, 40), 1, 1, "plane"),
-    ((1, 5, 112, 112), 2, 1, "blocked"),  # 56 x 56
-    ((1, 5, 113, 112), 2, 1, "plane"),  # 57 x 56
-    ((1, 5, 28, 28), 3, 1, "blocked"),  # stride 3
-    ((1, 3, 200, 200), 3, 1, "plane"),  # 67 x 67
+# Larger planes outside the AVX-512 kernels' calls: blocked too, at any size.
+LARGE = [
+    # shape, stride, padding
+    ((1, 9, 40, 40), 1, 1),
+    ((1, 5, 113, 112), 2, 1),
+    ((1, 3, 200, 200), 3, 1),
 ]
 
 
-@pytest.mark.parametrize("case", DEFAULT_SELECTION, ids=str)
-def test_default_selection_small_and_large(case):
-    shape, stride, padding, kernel = case
+@pytest.mark.parametrize("case", LARGE, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_large_planes(case, dtype):
+    shape, stride, padding = case
     w = (shape[1], 1, 3, 3)
-    assert_routes(shape, w, stride, padding, 1, routes(kernel), dtype=torch.bfloat16)
-    assert_model_routes(shape, w, stride, padding, 1, dtype=torch.bfloat16)
-    # channels-last: blocked at any size; float64: plane at any size
-    assert_routes(shape, w, stride, padding, 1, routes("blocked"), channels_last=True)
-    assert_routes(shape, w, stride, padding, 1, routes("plane"), dtype=torch.float64)
-    check_against_conv2d(shape, (3, 3), (stride, stride), (padding, padding), (1, 1), 1, True)
+    for channels_last in (False, True):
+        kw = dict(dtype=dtype, channels_last=channels_last)
+        assert_routes(shape, w, stride, padding, 1, routes("blocked"), **kw)
+        assert_model_routes(shape, w, stride, padding, 1, **kw)
+    check_against_conv2d(shape, (3, 3), (stride,) * 2, (padding,) * 2, (1, 1), 1, True, dtype)
 
 
 def test_default_selection_float32():
-    # float32 NCHW: the AVX-512 kernels where they apply, else the same two
+    # float32 NCHW: the AVX-512 kernels where they apply, else blocked
     for shape in ((2, 16, 7, 7), (1, 9, 40, 40)):
         assert_model_routes(shape, (shape[1], 1, 3, 3), 1, 1, 1)
         check_against_conv2d(shape, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, torch.float32)
@@ -229,6 +225,8 @@ def test_blocked_baseline_loops_without_avx2():
         "        check_against_conv2d((2, 11, 9, 13), (3, 3), (2, 2), (1, 1), (1, 1), 1, True,\n"
         "                             dt, channels_last=cl)\n"
         "        check_against_conv2d((1, 9, 11, 10), (5, 4), (2, 1), (2, 1), (1, 2), 1, True,\n"
+        "                             dt, channels_last=cl)\n"
+        "        check_against_conv2d((2, 3, 9, 8), (3, 3), (2, 2), (1, 1), (1, 1), 2, True,\n"
         "                             dt, channels_last=cl)\n"
         "print('OK')\n"
     )

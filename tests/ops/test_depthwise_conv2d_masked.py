@@ -158,7 +158,7 @@ def _expanded_and_strided_gradients(x, w):
 
 
 def test_without_avx512_the_other_paths_run():
-    # the plan picks blocked (small planes) or plane; forcing masked does not apply
+    # the plan picks blocked, small planes or large; forcing masked does not apply
     code = (
         "import importlib, pytest, torch\n"
         "from tests.ops.test_depthwise_conv2d import check_against_conv2d\n"
@@ -167,7 +167,7 @@ def test_without_avx512_the_other_paths_run():
         "def plan(*a):\n"
         "    return sorted(set(dw.cpu_plan(*a).values()))\n"
         "assert plan((3, 5, 7, 7), (5, 1, 3, 3), 1, 1) == ['blocked', 'separate']\n"
-        "assert plan((2, 3, 30, 31), (3, 1, 5, 5), 1, 2) == ['plane', 'separate']\n"
+        "assert plan((2, 3, 30, 31), (3, 1, 5, 5), 1, 2) == ['blocked', 'separate']\n"
         "with dw.force_cpu_kernel('masked'):\n"
         "    with pytest.raises(RuntimeError, match='does not apply'):\n"
         "        check_against_conv2d((3, 5, 7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True,\n"

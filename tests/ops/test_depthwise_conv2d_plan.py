@@ -1,6 +1,6 @@
 """Depthwise conv2d CPU: the kernel plan (cvops.ops.depthwise_conv2d.cpu_plan), which picks
 the kernel of every direction of a call, in priority order backward512, stride2_512, rows512,
-masked, blocked, plane (CPU_KERNELS). Checked here: the route of representative shapes
+masked, blocked (CPU_KERNELS). Checked here: the route of representative shapes
 (MobileNetV2's depthwise layers at batch 8 and the other kernels' cases, each with and
 without AVX-512), that every kernel is chosen for some shape, forcing a kernel
 (force_cpu_kernel: results, "does not apply", unknown names, nesting), the
@@ -46,7 +46,7 @@ def R(forward, input_grad=None, weight_grad=None, backward="separate"):
     )
 
 
-ROWS, S2, MASKED, BLOCKED, PLANE = "rows512", "stride2_512", "masked", "blocked", "plane"
+ROWS, S2, MASKED, BLOCKED = "rows512", "stride2_512", "masked", "blocked"
 
 # id: (input shape, weight shape, stride, padding, dilation, cpu_plan keywords,
 #      routes with AVX-512, routes without)
@@ -55,9 +55,9 @@ TABLE = {
     # MobileNetV2's depthwise layers, batch 8 (3x3, padding 1); weight gradient rows of 112
     # are past rows512's 64, 56 outputs wide past stride2_512's 32
     "mnv2_32x112_s1": ((8, 32, 112, 112), (32, 1, 3, 3), 1, 1, 1, {},
-                       R(ROWS, ROWS, MASKED), R(PLANE)),
+                       R(ROWS, ROWS, MASKED), R(BLOCKED)),
     "mnv2_96x112_s2": ((8, 96, 112, 112), (96, 1, 3, 3), 2, 1, 1, {}, R(MASKED), R(BLOCKED)),
-    "mnv2_144x56_s1": ((8, 144, 56, 56), (144, 1, 3, 3), 1, 1, 1, {}, R(ROWS), R(PLANE)),
+    "mnv2_144x56_s1": ((8, 144, 56, 56), (144, 1, 3, 3), 1, 1, 1, {}, R(ROWS), R(BLOCKED)),
     "mnv2_144x56_s2": ((8, 144, 56, 56), (144, 1, 3, 3), 2, 1, 1, {}, R(S2), R(BLOCKED)),
     "mnv2_192x28_s1": ((8, 192, 28, 28), (192, 1, 3, 3), 1, 1, 1, {}, R(ROWS), R(BLOCKED)),
     "mnv2_192x28_s2": ((8, 192, 28, 28), (192, 1, 3, 3), 2, 1, 1, {}, R(S2), R(BLOCKED)),
@@ -89,32 +89,20 @@ TABLE = {
     "rows_wg_65": ((2, 8, 8, 65), (8, 1, 3, 3), 1, 1, 1, {}, R(ROWS, ROWS, MASKED), R(BLOCKED)),
     "s2_out32": ((2, 8, 8, 64), (8, 1, 3, 3), 2, 1, 1, {}, R(S2), R(BLOCKED)),
     "s2_out33": ((2, 8, 8, 66), (8, 1, 3, 3), 2, 1, 1, {}, R(MASKED), R(BLOCKED)),
-    # multiplier 2: plane, small or not
-    "mult2_14": ((8, 32, 14, 14), (64, 1, 3, 3), 1, 1, 1, {}, R(PLANE), R(PLANE)),
-    "mult2_56": ((8, 32, 56, 56), (64, 1, 3, 3), 1, 1, 1, {}, R(PLANE), R(PLANE)),
-    # float64: plane at any size (blocked's double vectors are slower)
-    "f64_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"dtype": F64}, R(PLANE), R(PLANE)),
+    # multiplier 2, float64, bfloat16, channels-last: blocked, small or not
+    "mult2_14": ((8, 32, 14, 14), (64, 1, 3, 3), 1, 1, 1, {}, R(BLOCKED), R(BLOCKED)),
+    "mult2_56": ((8, 32, 56, 56), (64, 1, 3, 3), 1, 1, 1, {}, R(BLOCKED), R(BLOCKED)),
+    "f64_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"dtype": F64}, R(BLOCKED), R(BLOCKED)),
     "f64_112_s2": ((8, 32, 112, 112), (32, 1, 3, 3), 2, 1, 1, {"dtype": F64},
-                   R(PLANE), R(PLANE)),
-    # bfloat16 NCHW: blocked on small output planes (30 x 30 at unit stride, 56 x 56 strided)
+                   R(BLOCKED), R(BLOCKED)),
     "bf16_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"dtype": BF16}, R(BLOCKED), R(BLOCKED)),
-    "bf16_30": ((8, 32, 30, 30), (32, 1, 3, 3), 1, 1, 1, {"dtype": BF16}, R(BLOCKED), R(BLOCKED)),
-    "bf16_31": ((8, 32, 31, 31), (32, 1, 3, 3), 1, 1, 1, {"dtype": BF16}, R(PLANE), R(PLANE)),
-    "bf16_112_s2": ((8, 32, 112, 112), (32, 1, 3, 3), 2, 1, 1, {"dtype": BF16},
-                    R(BLOCKED), R(BLOCKED)),
-    "bf16_114_s2": ((8, 32, 114, 114), (32, 1, 3, 3), 2, 1, 1, {"dtype": BF16},  # 57 x 57
-                    R(PLANE), R(PLANE)),
-    # channels-last: blocked at any size (it reads the strides; plane copies to NCHW first)
+    "bf16_56": ((8, 32, 56, 56), (32, 1, 3, 3), 1, 1, 1, {"dtype": BF16}, R(BLOCKED), R(BLOCKED)),
     "cl_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"channels_last": True},
               R(BLOCKED), R(BLOCKED)),
     "cl_56": ((8, 144, 56, 56), (144, 1, 3, 3), 1, 1, 1, {"channels_last": True},
               R(BLOCKED), R(BLOCKED)),
-    "cl_112_bf16": ((8, 32, 112, 112), (32, 1, 3, 3), 1, 1, 1,
-                    {"channels_last": True, "dtype": BF16}, R(BLOCKED), R(BLOCKED)),
     "cl_56_s2": ((8, 144, 56, 56), (144, 1, 3, 3), 2, 1, 1, {"channels_last": True},
                  R(BLOCKED), R(BLOCKED)),
-    "cl_f64_14": ((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, {"channels_last": True, "dtype": F64},
-                  R(PLANE), R(PLANE)),
 }
 # fmt: on
 
@@ -179,7 +167,6 @@ def test_cpu_kernels():
         "rows512",
         "masked",
         "blocked",
-        "plane",
     )
     assert isinstance(dwmod().cpu_has_avx512(), bool)
 
@@ -238,7 +225,6 @@ def test_every_avx512_kernel_runs_by_default(kernel):
 FORCEABLE = [
     pytest.param("masked", marks=requires_avx512),
     "blocked",
-    "plane",
 ]
 SHAPES = [
     # shape, kernel, stride, padding, dilation (float32 NCHW, multiplier 1: all three apply)
@@ -304,7 +290,6 @@ NOT_APPLYING = [
     ("masked", (2, 4, 9, 9), (4, 1, 3, 3), 1, 1, 1, F64),  # float64
     ("masked", (2, 4, 9, 9), (4, 1, 3, 3), 3, 1, 1, F32),  # stride 3
     ("masked", (2, 4, 9, 9), (8, 1, 3, 3), 1, 1, 1, F32),  # multiplier 2
-    ("blocked", (2, 4, 9, 9), (8, 1, 3, 3), 1, 1, 1, F32),  # multiplier 2
 ]
 
 
@@ -350,22 +335,23 @@ def test_unknown_kernel_name():
     assert cpu_plan((8, 32, 14, 14), (32, 1, 3, 3), 1, 1, 1, dtype=BF16) == R(BLOCKED)
 
 
+@requires_avx512  # (two kernels that both apply to one call: an AVX-512 one and blocked)
 def test_forcing_nests_and_restores():
     shape, w = (8, 32, 14, 14), (32, 1, 3, 3)
     default = cpu_plan(shape, w, 1, 1, 1)
     assert default == expected_routes(shape, w, 1, 1, 1)
-    with forced("plane"):
-        assert cpu_plan(shape, w, 1, 1, 1) == R(PLANE)
+    with forced("masked"):
+        assert cpu_plan(shape, w, 1, 1, 1) == R(MASKED)
         with forced("blocked"):
             assert cpu_plan(shape, w, 1, 1, 1) == R(BLOCKED)
             with forced(None):  # the plan's own choice inside a forced block
                 assert cpu_plan(shape, w, 1, 1, 1) == default
             assert cpu_plan(shape, w, 1, 1, 1) == R(BLOCKED)
-        assert cpu_plan(shape, w, 1, 1, 1) == R(PLANE)
+        assert cpu_plan(shape, w, 1, 1, 1) == R(MASKED)
         with pytest.raises(KeyError):  # restored on an exception too
             with forced("blocked"):
                 raise KeyError
-        assert cpu_plan(shape, w, 1, 1, 1) == R(PLANE)
+        assert cpu_plan(shape, w, 1, 1, 1) == R(MASKED)
     assert cpu_plan(shape, w, 1, 1, 1) == default
 
 
@@ -381,18 +367,20 @@ _PRELUDE = (
 
 
 def test_env_var_forces_a_kernel():
+    # (on an AVX-512 CPU the plan's own choice for this call is rows512)
     code = _PRELUDE + (
-        "want = dict(forward='plane', input_grad='plane', weight_grad='plane',\n"
+        "from tests.ops._depthwise_routes import expected_routes\n"
+        "want = dict(forward='blocked', input_grad='blocked', weight_grad='blocked',\n"
         "            backward='separate')\n"
-        "assert plan((8, 144, 56, 56), (144, 1, 3, 3), 1, 1) == want\n"
-        "assert plan((2, 8, 7, 7), (8, 1, 3, 3), 1, 1, dtype=torch.bfloat16) == want\n"
+        "call = ((8, 144, 56, 56), (144, 1, 3, 3), 1, 1)\n"
+        "assert plan(*call) == want\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
-        "with dw.force_cpu_kernel('blocked'):\n"  # the context manager overrides it
-        "    assert plan((8, 144, 56, 56), (144, 1, 3, 3), 1, 1)['forward'] == 'blocked'\n"
-        "assert plan((8, 144, 56, 56), (144, 1, 3, 3), 1, 1) == want\n"
+        "with dw.force_cpu_kernel(None):\n"  # the context manager overrides it
+        "    assert plan(*call) == expected_routes(*call)\n"
+        "assert plan(*call) == want\n"
         "print('OK')\n"
     )
-    run_python(code, **{ENV: "plane"})
+    run_python(code, **{ENV: "blocked"})
 
 
 def test_env_var_unknown_kernel_raises():
@@ -414,24 +402,25 @@ def test_env_var_is_read_once():
         "small = ((2, 8, 7, 7), (8, 1, 3, 3), 1, 1)\n"
         "assert plan(*small, dtype=torch.bfloat16) == blocked\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
-        "os.environ['CVOPS_DEPTHWISE_CPU_PATH'] = 'plane'\n"
+        "os.environ['CVOPS_DEPTHWISE_CPU_PATH'] = 'masked'\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
         "assert plan(*small, dtype=torch.bfloat16) == blocked\n"
         "print('OK')\n"
     )
     run_python(code, **{ENV: None})
+    # (on an AVX-512 CPU the plan's own choice for this call is rows512)
     code = _PRELUDE + (
-        "plane = dict(forward='plane', input_grad='plane', weight_grad='plane',\n"
-        "             backward='separate')\n"
+        "blocked = dict(forward='blocked', input_grad='blocked', weight_grad='blocked',\n"
+        "               backward='separate')\n"
         "small = ((2, 8, 7, 7), (8, 1, 3, 3), 1, 1)\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
-        "assert plan(*small, dtype=torch.bfloat16) == plane\n"
+        "assert plan(*small) == blocked\n"
         "del os.environ['CVOPS_DEPTHWISE_CPU_PATH']\n"
         "cvops.depthwise_conv2d(x, w, None, 1, 1)\n"
-        "assert plan(*small, dtype=torch.bfloat16) == plane\n"
+        "assert plan(*small) == blocked\n"
         "print('OK')\n"
     )
-    run_python(code, **{ENV: "plane"})
+    run_python(code, **{ENV: "blocked"})
 
 
 # --- python -m cvops.info --depthwise -----------------------------------------------------
@@ -470,6 +459,6 @@ def test_info_prints_the_plan():
 
 
 def test_info_prints_the_plan_without_avx512_or_forced():
-    assert_printed(info("8,144,56,56,3,1,1", CVOPS_DISABLE_AVX512="1"), R(PLANE))
+    assert_printed(info("8,144,56,56,3,1,1", CVOPS_DISABLE_AVX512="1"), R(BLOCKED))
     assert_printed(info("8,192,28,28,3,1,1", CVOPS_DISABLE_AVX512="1"), R(BLOCKED))
-    assert_printed(info("8,144,56,56,3,1,1", **{ENV: "plane"}), R(PLANE))
+    assert_printed(info("8,144,56,56,3,1,1", **{ENV: "blocked"}), R(BLOCKED))

@@ -1,12 +1,11 @@
-// The depthwise CPU channel-blocked kernel (see depthwise_conv2d_cpu.h) for small planes. On a
-// 7x7-28x28 plane the plane kernel (depthwise_conv2d_plane.cpp) is overhead-bound (a copy and
-// a short flattened row per plane), so here a task takes a block of kBlock channels of one
-// image instead: they are transposed into an interleaved buffer [rows][cols][kBlock] (one
-// vector of kBlock channels per pixel, the vector across channels) and every kernel tap is one
-// vector multiply-add per output pixel with the kBlock per-channel weights of the tap in a
-// register; kCols output columns are register-blocked. The result is transposed back to the
-// output's strides. Any kernel size, stride, dilation and padding runs the same loops (3x3 has
-// compile-time kernel loops).
+// The depthwise CPU channel-blocked kernel (see depthwise_conv2d_cpu.h): every call the
+// AVX-512 kernels do not take (other CPUs, dtypes, channels-last, multipliers, strides,
+// dilations). A task takes a block of kBlock channels of one image: they are transposed into
+// an interleaved buffer [rows][cols][kBlock] (one vector of kBlock channels per pixel, the
+// vector across channels) and every kernel tap is one vector multiply-add per output pixel
+// with the kBlock per-channel weights of the tap in a register; kCols output columns are
+// register-blocked. The result is transposed back to the output's strides. Any kernel size,
+// stride, dilation and padding runs the same loops (3x3 has compile-time kernel loops).
 //
 // * Forward: the input block in a zero-padded buffer [H + 2 pad_h][W + 2 pad_w].
 // * Input gradient, stride 1: the correlation of the zero-margined output gradient with the
@@ -21,9 +20,9 @@
 // Channel counts that are not a multiple of kBlock run the last block with the missing lanes
 // zero (discarded). Any strides are read and written directly, so channels-last tensors need
 // no NCHW copy. All four dtypes run it: half and bfloat16 are widened to float on load (the
-// op-math type), float32 and float64 accumulate in their own type. Only multiplier 1 runs it
-// (blocked_applies). The loops are always-inline bodies run in simd::dispatch_isa's baseline
-// or AVX2+FMA function, like the plane kernel's row kernels.
+// op-math type), float32 and float64 accumulate in their own type. A multiplier M > 1 runs as
+// the multiplier-1 call on the input with each channel repeated M times (one_to_one). The
+// loops are always-inline bodies run in simd::dispatch_isa's baseline or AVX2+FMA function.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -591,11 +590,25 @@ void blocked_run(const DepthwiseParams& p, const Body& body) {
 }  // namespace
 
 bool blocked_applies(const DepthwiseCall& call, DepthwiseDirection direction) {
-  return direction != DepthwiseDirection::kBackward && call.p.multiplier == 1;
+  return direction != DepthwiseDirection::kBackward && at::isFloatingType(call.dtype);
 }
+
+namespace {
+// Output channel c * M + m reads input channel c: with each input channel repeated M times
+// (repeat_interleave), a multiplier-M call is this multiplier-1 one.
+DepthwiseParams one_to_one(const DepthwiseParams& p) {
+  DepthwiseParams q = p;
+  q.channels = p.out_channels();
+  q.multiplier = 1;
+  return q;
+}
+}  // namespace
 
 void blocked_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                      at::Tensor& output, const DepthwiseParams& p) {
+  if (p.multiplier > 1)
+    return blocked_forward(input.repeat_interleave(p.multiplier, 1), weight, bias, output,
+                           one_to_one(p));
   at::Tensor w = weight.contiguous();
   at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -615,6 +628,14 @@ void blocked_forward(const at::Tensor& input, const at::Tensor& weight, const at
 
 void blocked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
                             at::Tensor& grad_input, const DepthwiseParams& p) {
+  if (p.multiplier > 1) {  // the gradient of each of the M copies, summed per channel
+    const DepthwiseParams q = one_to_one(p);
+    at::Tensor copies = at::empty({p.batch, q.channels, p.height, p.width}, grad_input.options());
+    blocked_backward_input(grad, weight, copies, q);
+    at::sum_out(grad_input, copies.view({p.batch, p.channels, p.multiplier, p.height, p.width}),
+                {2});
+    return;
+  }
   at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "cvops_depthwise_conv2d_backward_input_cpu",
@@ -634,6 +655,9 @@ void blocked_backward_input(const at::Tensor& grad, const at::Tensor& weight,
 
 void blocked_backward_weight(const at::Tensor& grad, const at::Tensor& input, at::Tensor& result,
                              const DepthwiseParams& p) {
+  if (p.multiplier > 1)
+    return blocked_backward_weight(grad, input.repeat_interleave(p.multiplier, 1), result,
+                                   one_to_one(p));
   const int64_t KK = p.kernel_h * p.kernel_w;
   // One partial per (image, channel block), summed over the images in index order.
   at::Tensor partial = at::empty({blocked_tasks(p) * (KK + 1) * kBlock}, result.options());

@@ -13,7 +13,6 @@
 // | rows512     | depthwise_conv2d_rows512.cpp  | forward, input and weight grad |
 // | masked      | depthwise_conv2d_masked.cpp   | forward, input and weight grad |
 // | blocked     | depthwise_conv2d_blocked.cpp  | forward, input and weight grad |
-// | plane       | depthwise_conv2d_plane.cpp    | forward, input and weight grad |
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,7 +28,7 @@ enum class DepthwiseDirection {
   kBackward,  // both gradients at once (only backward512 implements it as one kernel)
 };
 
-enum class DepthwiseKernel { kBackward512, kStride2_512, kRows512, kMasked, kBlocked, kPlane };
+enum class DepthwiseKernel { kBackward512, kStride2_512, kRows512, kMasked, kBlocked };
 
 // What a capability check sees of a call besides its geometry.
 struct DepthwiseCall {
@@ -46,8 +45,7 @@ bool avx512_float_nchw(const DepthwiseCall& call);
 
 // Tensors handed to the kernels:
 // * AVX-512 kernels (backward512, stride2_512, rows512, masked): NCHW-contiguous float32;
-// * blocked: any strides (it reads and writes through them);
-// * plane: NCHW-contiguous, any floating dtype.
+// * blocked: any floating dtype, any strides (it reads and writes through them).
 // `bias` may be undefined. A weight-gradient `result` is [C_out, KH * KW + 1] in the op-math
 // dtype: each channel's weight gradient, then its bias gradient, summed in a fixed order (the
 // same for any thread count). Outputs are allocated by the caller; every element is written.
@@ -64,7 +62,6 @@ CVOPS_DW_DECLARE_KERNEL(stride2_512)
 CVOPS_DW_DECLARE_KERNEL(rows512)
 CVOPS_DW_DECLARE_KERNEL(masked)
 CVOPS_DW_DECLARE_KERNEL(blocked)
-CVOPS_DW_DECLARE_KERNEL(plane)
 #undef CVOPS_DW_DECLARE_KERNEL
 
 // The fused backward: both gradients of a 3x3, stride-1, padding-1, undilated call in one

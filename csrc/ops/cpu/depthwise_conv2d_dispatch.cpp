@@ -1,13 +1,13 @@
 // The depthwise convolution's CPU ops and the plan that picks their kernel.
 //
 // plan() walks kRules in priority order and runs the first kernel that can compute the call
-// (its capability check, `<kernel>_applies`) and that the rule prefers there (blocked on
-// channels-last tensors and small planes, not float64); the kernels themselves never route. The order is "most
-// specialised first": each AVX-512 kernel is faster than the ones below it on every shape
-// its check accepts (the measurements behind each rule are in docs/depthwise_conv2d.md,
-// "Decision log"), and plane computes everything. CVOPS_DEPTHWISE_CPU_PATH=<kernel>, read
-// once, forces one kernel for the directions it implements and makes a call it cannot
-// compute an error; python -m cvops.info --depthwise prints the plan for a shape.
+// (its capability check, `<kernel>_applies`); the kernels themselves never route. The order
+// is "most specialised first": each AVX-512 kernel is faster than the ones below it on every
+// shape its check accepts (the measurements behind each rule are in
+// docs/depthwise_conv2d.md, "Decision log"), and blocked computes everything.
+// CVOPS_DEPTHWISE_CPU_PATH=<kernel>, read once, forces one kernel for the directions it
+// implements and makes a call it cannot compute an error; python -m cvops.info --depthwise
+// prints the plan for a shape.
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
@@ -36,42 +36,20 @@ bool avx512_float_nchw(const DepthwiseCall& call) {
 
 namespace {
 
-// Largest NCHW out_h * out_w the plan gives the blocked kernel, at unit stride and at larger
-// strides (above them plane is as fast or faster; tuned on the 2-core Zen 5 VM, see
-// docs/depthwise_conv2d.md).
-constexpr int64_t kBlockedMaxPlane = 30 * 30;
-constexpr int64_t kBlockedMaxPlaneStrided = 56 * 56;
-
-// Where the plan gives blocked a call it can compute: channels-last tensors of any size (it
-// reads their strides, where plane first copies them to NCHW: 3-17x slower on 7x7 to 224x224
-// planes) and small NCHW planes; never float64 (blocked's 8-lane double vectors run ~4x
-// slower than plane's, even on 14x14 planes). Measured on the 2-core Zen 5 VM, see
-// docs/depthwise_conv2d.md.
-bool blocked_preferred(const DepthwiseCall& call) {
-  const DepthwiseParams& p = call.p;
-  const bool small =
-      p.out_h * p.out_w <= (p.unit_stride() ? kBlockedMaxPlane : kBlockedMaxPlaneStrided);
-  return call.dtype != at::kDouble && (small || !call.nchw);
-}
-
 struct Rule {
   DepthwiseKernel kernel;
   const char* name;
-  // The kernel's capability check: whether it can compute the call (a forced kernel needs
-  // only this).
+  // The kernel's capability check: whether it can compute the call.
   bool (*applies)(const DepthwiseCall&, DepthwiseDirection);
-  // Where the plan chooses it among the kernels that can (nullptr: wherever it can).
-  bool (*preferred)(const DepthwiseCall&);
 };
 
-// Priority order: the plan runs the first kernel that applies and is preferred.
+// Priority order: the plan runs the first kernel that applies.
 constexpr Rule kRules[] = {
-    {DepthwiseKernel::kBackward512, "backward512", &backward512_applies, nullptr},
-    {DepthwiseKernel::kStride2_512, "stride2_512", &stride2_512_applies, nullptr},
-    {DepthwiseKernel::kRows512, "rows512", &rows512_applies, nullptr},
-    {DepthwiseKernel::kMasked, "masked", &masked_applies, nullptr},
-    {DepthwiseKernel::kBlocked, "blocked", &blocked_applies, &blocked_preferred},
-    {DepthwiseKernel::kPlane, "plane", &plane_applies, nullptr},
+    {DepthwiseKernel::kBackward512, "backward512", &backward512_applies},
+    {DepthwiseKernel::kStride2_512, "stride2_512", &stride2_512_applies},
+    {DepthwiseKernel::kRows512, "rows512", &rows512_applies},
+    {DepthwiseKernel::kMasked, "masked", &masked_applies},
+    {DepthwiseKernel::kBlocked, "blocked", &blocked_applies},
 };
 
 const Rule* rule_named(const std::string& name) {
@@ -141,9 +119,7 @@ const Rule* plan(const DepthwiseCall& call, DepthwiseDirection direction) {
     if (direction == DepthwiseDirection::kBackward) return nullptr;
   }
   for (const Rule& r : kRules)
-    if (implements(r.kernel, direction) && r.applies(call, direction) &&
-        (r.preferred == nullptr || r.preferred(call)))
-      return &r;
+    if (implements(r.kernel, direction) && r.applies(call, direction)) return &r;
   TORCH_INTERNAL_ASSERT(direction == DepthwiseDirection::kBackward,
                         "no depthwise CPU kernel for this call");
   return nullptr;
@@ -161,7 +137,6 @@ bool is_nchw(const at::Tensor& t) {
     case DepthwiseKernel::kRows512: rows512_##fn(__VA_ARGS__); break;         \
     case DepthwiseKernel::kMasked: masked_##fn(__VA_ARGS__); break;           \
     case DepthwiseKernel::kBlocked: blocked_##fn(__VA_ARGS__); break;         \
-    case DepthwiseKernel::kPlane: plane_##fn(__VA_ARGS__); break;             \
     case DepthwiseKernel::kBackward512: TORCH_INTERNAL_ASSERT(false);         \
   }
 

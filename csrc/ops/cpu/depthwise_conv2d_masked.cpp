@@ -475,26 +475,15 @@ CVOPS_TARGET_AVX512 void dot_taps(float* res, const DotJob& job, int64_t c, cons
 // Accumulators per pass over the planes: TC taps (+ the bias) stay in registers.
 constexpr int64_t kMaxTapsPerPass = 12;
 
-template <bool kBias>
+// dot_taps<TC> for TC = count, 1 <= count <= kMaxTapsPerPass.
+template <bool kBias, int TC = 1>
 void dot_taps_chunk(int64_t count, float* res, const DotJob& job, int64_t c, const SlotTable& tab,
                     int64_t t0, Scratch& buf) {
-#define CVOPS_DW_DOT(TC) dot_taps<TC, kBias>(res, job, c, tab, t0, buf)
-  switch (count) {
-    case 1: CVOPS_DW_DOT(1); break;
-    case 2: CVOPS_DW_DOT(2); break;
-    case 3: CVOPS_DW_DOT(3); break;
-    case 4: CVOPS_DW_DOT(4); break;
-    case 5: CVOPS_DW_DOT(5); break;
-    case 6: CVOPS_DW_DOT(6); break;
-    case 7: CVOPS_DW_DOT(7); break;
-    case 8: CVOPS_DW_DOT(8); break;
-    case 9: CVOPS_DW_DOT(9); break;
-    case 10: CVOPS_DW_DOT(10); break;
-    case 11: CVOPS_DW_DOT(11); break;
-    case 12: CVOPS_DW_DOT(12); break;
-    default: TORCH_INTERNAL_ASSERT(false, "bad tap count ", count);
+  if constexpr (TC <= kMaxTapsPerPass) {
+    if (count == TC) return dot_taps<TC, kBias>(res, job, c, tab, t0, buf);
+    return dot_taps_chunk<kBias, TC + 1>(count, res, job, c, tab, t0, buf);
   }
-#undef CVOPS_DW_DOT
+  TORCH_INTERNAL_ASSERT(false, "bad tap count ", count);
 }
 
 #endif  // CVOPS_DW_MASKED
