@@ -6,7 +6,7 @@ Each 2x2 block of outputs is computed from the 4x4 input tile around it as
 becomes, summed over input channels, 16 matrix products ``V[p] @ U[p]^T`` (``T`` tiles x ``C``
 channels by ``C`` x ``K``), 16 multiply-adds per tile and channel pair against the direct
 convolution's 36: 2.25x fewer. The input and output transforms (additions only) are cvops'
-``_winograd_f2x3_input`` / ``_winograd_f2x3_output`` (the output one also adds the bias and
+``_winograd_f2x3_input`` / ``_winograd_f2x3_output_`` (the output one also adds the bias and
 the residual and applies the ReLU), the 16 products oneDNN's linear with packed weights.
 
 The weight transform runs once per weight (cached by the caller) in float64. The float32

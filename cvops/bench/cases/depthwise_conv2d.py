@@ -11,7 +11,7 @@ import cvops
 from ..harness import BenchCase, register
 
 
-def _case(shape, kernel, stride, backward, memory_format=torch.contiguous_format):
+def _case(shape, kernel, stride, backward, memory_format):
     def make(device):
         c = shape[1]
         pad = kernel // 2
@@ -43,15 +43,15 @@ def _case(shape, kernel, stride, backward, memory_format=torch.contiguous_format
     return make
 
 
-_CL = torch.channels_last
+_NCHW, _CL = torch.contiguous_format, torch.channels_last
 for _name, _shape, _k, _s, _format in [
-    ("mnv2 [8,32,112,112] 3x3", (8, 32, 112, 112), 3, 1, None),
-    ("mnv2 [8,144,56,56] 3x3", (8, 144, 56, 56), 3, 1, None),
-    ("mnv2 [8,192,28,28] 3x3 s2", (8, 192, 28, 28), 3, 2, None),
-    ("mnv2 [8,384,14,14] 3x3", (8, 384, 14, 14), 3, 1, None),
-    ("mnv2 [8,960,7,7] 3x3", (8, 960, 7, 7), 3, 1, None),
-    ("[8,144,56,56] 5x5", (8, 144, 56, 56), 5, 1, None),
-    ("[8,96,56,56] 7x7", (8, 96, 56, 56), 7, 1, None),
+    ("mnv2 [8,32,112,112] 3x3", (8, 32, 112, 112), 3, 1, _NCHW),
+    ("mnv2 [8,144,56,56] 3x3", (8, 144, 56, 56), 3, 1, _NCHW),
+    ("mnv2 [8,192,28,28] 3x3 s2", (8, 192, 28, 28), 3, 2, _NCHW),
+    ("mnv2 [8,384,14,14] 3x3", (8, 384, 14, 14), 3, 1, _NCHW),
+    ("mnv2 [8,960,7,7] 3x3", (8, 960, 7, 7), 3, 1, _NCHW),
+    ("[8,144,56,56] 5x5", (8, 144, 56, 56), 5, 1, _NCHW),
+    ("[8,96,56,56] 7x7", (8, 96, 56, 56), 7, 1, _NCHW),
     ("mnv2 [8,144,56,56] 3x3 channels-last", (8, 144, 56, 56), 3, 1, _CL),
 ]:
     for _bwd in (False, True):
@@ -60,7 +60,7 @@ for _name, _shape, _k, _s, _format in [
                 "depthwise_conv2d",
                 _name + (" fwd+bwd" if _bwd else " fwd"),
                 "float32",
-                _case(_shape, _k, _s, _bwd, _format or torch.contiguous_format),
+                _case(_shape, _k, _s, _bwd, _format),
                 reference="F.conv2d(groups=C)",
             )
         )
